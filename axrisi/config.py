@@ -1,0 +1,234 @@
+"""Every setting the service reads, with its default, its parsing and its validation, in one place.
+
+The service refuses to start on an invalid value, with one sentence that names the setting, so a
+typo in a PaaS dashboard fails the deploy instead of a user's stream. This module imports nothing
+heavy (no gevent, no ssl): ``gunicorn.conf.py`` loads it in the master process before gevent
+patches anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_MAX_STREAMS_FLOOR = 100
+BYTES_PER_STREAM_BUDGET = 64 * 1024
+"""What ``AXRISI_MAX_STREAMS`` assumes one open stream may cost, to size the default from memory."""
+
+MIN_SECRET_BYTES = 32
+
+
+class ConfigError(ValueError):
+    """An invalid setting; its message is the one sentence printed before the service exits."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed environment. Built once per process by :meth:`from_env`."""
+
+    env: str = "production"
+    port: int = 8000
+    web_concurrency: int = 1
+    jwt_secret_key: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithm: str = "HS256"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    provider: str = "local"
+    redis_url: str | None = None
+    rate_limit: str = "30/minute;1000/day"
+    max_streams_per_user: int = 3
+    token_quota: str | None = None
+    max_text_chars: int = 50_000
+    heartbeat_seconds: float = 15.0
+    send_timeout_seconds: float = 30.0
+    upstream_timeout_seconds: float = 60.0
+    cors_origins: tuple[str, ...] = ()
+    metrics_token: str | None = None
+    resume_ttl_seconds: int = 300
+    resume_grace_seconds: float = 0.0
+    max_streams: int = 1000
+    local_pace_seconds: float = 0.03
+
+    @property
+    def development(self) -> bool:
+        """Development mode: a made-up JWT secret is allowed and a token is printed."""
+        return self.env == "development"
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body read: the longest text JSON-escaped, plus room for the rest."""
+        return self.max_text_chars * 6 + 64 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse and validate the environment; raise :class:`ConfigError` naming a bad setting."""
+        e = _Env(os.environ if environ is None else environ)
+        env = e.choice("AXRISI_ENV", ("production", "development"), "production")
+        api_key, base_url = e.text("OPENAI_API_KEY"), e.url("OPENAI_BASE_URL")
+        default_provider = "openai" if (api_key or base_url) else "local"
+        workers = e.integer("WEB_CONCURRENCY", 1, low=1, high=256)
+        settings = cls(
+            env=env,
+            port=e.integer("PORT", 8000, low=1, high=65535),
+            web_concurrency=workers,
+            jwt_secret_key=e.text("JWT_SECRET_KEY"),
+            jwt_public_key=e.text("JWT_PUBLIC_KEY"),
+            jwt_algorithm=e.choice(
+                "JWT_ALGORITHM", ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+                                  "ES256", "ES384", "ES512", "PS256", "EdDSA"), None
+            ) or "",
+            jwt_audience=e.text("JWT_AUDIENCE"),
+            jwt_issuer=e.text("JWT_ISSUER"),
+            openai_api_key=api_key,
+            openai_base_url=base_url,
+            model=e.text("AXRISI_MODEL") or "gpt-4o-mini",
+            provider=e.choice("AXRISI_PROVIDER", ("openai", "local"), default_provider),
+            redis_url=e.redis_url("REDIS_URL"),
+            rate_limit=e.rate_limit("AXRISI_RATE_LIMIT", "30/minute;1000/day"),
+            max_streams_per_user=e.integer("AXRISI_MAX_STREAMS_PER_USER", 3, low=0),
+            token_quota=e.token_quota("AXRISI_TOKEN_QUOTA"),
+            max_text_chars=e.integer("AXRISI_MAX_TEXT_CHARS", 50_000, low=1, high=10_000_000),
+            heartbeat_seconds=e.number("AXRISI_HEARTBEAT_SECONDS", 15.0, low=0.05),
+            send_timeout_seconds=e.number("AXRISI_SEND_TIMEOUT_SECONDS", 30.0, low=0.1),
+            upstream_timeout_seconds=e.number("AXRISI_UPSTREAM_TIMEOUT_SECONDS", 60.0, low=0.1),
+            cors_origins=e.origins("CORS_ORIGINS"),
+            metrics_token=e.text("AXRISI_METRICS_TOKEN"),
+            resume_ttl_seconds=e.integer("AXRISI_RESUME_TTL_SECONDS", 300, low=1),
+            resume_grace_seconds=e.number("AXRISI_RESUME_GRACE_SECONDS", 0.0, low=0.0),
+            max_streams=e.integer("AXRISI_MAX_STREAMS", default_max_streams(workers), low=1),
+            local_pace_seconds=e.number("AXRISI_LOCAL_PACE_SECONDS", 0.03, low=0.0, high=5.0),
+        )
+        _check_jwt(settings)
+        return settings
+
+
+def default_max_streams(workers: int) -> int:
+    """Size the per-worker stream cap to half the machine's memory, shared among the workers."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1000
+    per_worker = pages * page_size // 2 // max(1, workers)
+    return max(DEFAULT_MAX_STREAMS_FLOOR, min(50_000, per_worker // BYTES_PER_STREAM_BUDGET))
+
+
+def _check_jwt(s: Settings) -> None:
+    """Refuse key set-ups that would let strangers in or lock everybody out."""
+    if s.jwt_public_key:
+        if not s.jwt_algorithm or s.jwt_algorithm.startswith("HS"):
+            raise ConfigError(
+                "JWT_ALGORITHM must name an asymmetric algorithm (RS256, ES256, ...) "
+                "when JWT_PUBLIC_KEY is set."
+            )
+        return
+    if s.jwt_algorithm and not s.jwt_algorithm.startswith("HS"):
+        raise ConfigError(f"JWT_PUBLIC_KEY is required when JWT_ALGORITHM is {s.jwt_algorithm}.")
+    if s.jwt_secret_key is None:
+        if not s.development:
+            raise ConfigError(
+                "JWT_SECRET_KEY is required outside development mode "
+                "(or set AXRISI_ENV=development to try the service with a made-up secret)."
+            )
+    elif len(s.jwt_secret_key.encode()) < MIN_SECRET_BYTES and not s.development:
+        raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes long.")
+
+
+_RATE_ITEM = re.compile(
+    r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*$", re.I
+)
+_QUOTA = re.compile(r"^\s*(\d+)\s*/\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*$", re.I)
+
+
+class _Env:
+    """Typed reads of environment variables; each failure is one sentence naming the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def text(self, name: str) -> str | None:
+        value = self.environ.get(name, "").strip()
+        return value or None
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return default
+        for option in allowed:
+            if value.lower() == option.lower():
+                return option
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}.")
+
+    def integer(self, name: str, default: int, low: int | None = None,
+                high: int | None = None) -> int:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, not {value!r}.") from None
+        return int(self._in_range(name, number, low, high))
+
+    def number(self, name: str, default: float, low: float | None = None,
+               high: float | None = None) -> float:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}.") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name} must be a finite number, not {value!r}.")
+        return self._in_range(name, number, low, high)
+
+    @staticmethod
+    def _in_range(name: str, number: float, low: float | None, high: float | None) -> float:
+        if low is not None and number < low:
+            raise ConfigError(f"{name} must be at least {low:g}, not {number:g}.")
+        if high is not None and number > high:
+            raise ConfigError(f"{name} must be at most {high:g}, not {number:g}.")
+        return number
+
+    def url(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ConfigError(f"{name} must be an http:// or https:// URL.")
+        return value
+
+    def redis_url(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and not re.match(r"^(rediss?|unix)://", value):
+            raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL.")
+        return value
+
+    def rate_limit(self, name: str, default: str) -> str:
+        value = self.text(name) or default
+        items = [item for item in re.split(r"[;,]", value) if item.strip()]
+        if not items or not all(_RATE_ITEM.match(item) for item in items):
+            raise ConfigError(
+                f"{name} must be limits like '30/minute;1000/day', not {value!r}."
+            )
+        return value
+
+    def token_quota(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and not _QUOTA.match(value):
+            raise ConfigError(f"{name} must be a token count per period like '200000/day'.")
+        return value
+
+    def origins(self, name: str) -> tuple[str, ...]:
+        value = self.text(name)
+        if value is None:
+            return ()
+        origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+        for origin in origins:
+            if origin != "*" and not re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+$", origin):
+                raise ConfigError(f"{name} has an origin that is not scheme://host: {origin!r}.")
+        return origins

@@ -1,0 +1,23 @@
+"""Providers: the OpenAI-compatible upstream and the built-in local one, behind one interface."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from .base import Provider
+
+
+def build_provider(settings: Settings) -> Provider:
+    """The provider the settings ask for (``AXRISI_PROVIDER``, else by key/base URL presence)."""
+    if settings.provider == "openai":
+        from .openai_compat import OpenAIProvider
+
+        return OpenAIProvider(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            model=settings.model,
+            max_connections=settings.max_streams,
+            read_timeout=settings.upstream_timeout_seconds + 5.0,
+        )
+    from .local import LocalProvider
+
+    return LocalProvider(pace=settings.local_pace_seconds)

@@ -1,0 +1,78 @@
+"""The provider interface: what the stream needs from a model, and nothing more.
+
+A provider turns a :class:`Prompt` into an iterator of content pieces followed by exactly one
+:class:`Finish`. The streaming layer owns the greenlet that drives the iterator; cancelling a
+stream kills that greenlet (``GreenletExit`` is raised wherever the provider is blocked) or calls
+the generator's ``close()`` (``GeneratorExit``). Either way the provider's ``finally`` blocks must
+release what they hold, above all the upstream HTTP connection: that is how a stream nobody reads
+stops being billed.
+
+Errors a client may see are raised as :class:`ProviderError` with a sanitized sentence; anything
+else escaping a provider is a bug and is reported to the client as ``internal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One command applied to one text, ready for a model.
+
+    ``system`` and ``user`` are the chat messages for a chat model; the other fields keep the
+    request's own parts for providers that work on the text directly (the local provider).
+    """
+
+    command: str
+    system: str
+    user: str
+    text: str
+    title: str | None = None
+    language: str | None = None
+    instruction: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the upstream reports them (or as a provider counts them itself)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The last item of every successful provider stream."""
+
+    reason: str
+    model: str
+    usage: Usage | None = None
+
+
+class ProviderError(Exception):
+    """A failure the client may hear about: ``code`` is one of the contract's stream error codes.
+
+    ``message`` must already be safe to send: no key, no upstream address, no upstream body.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+StreamItem = str | Finish
+"""A content piece (one or more tokens that arrived together, never empty) or the final Finish."""
+
+
+class Provider(Protocol):
+    """Something that streams a model's answer to a prompt."""
+
+    name: str
+
+    def stream(self, prompt: Prompt) -> Iterator[StreamItem]:
+        """Yield content pieces, then one :class:`Finish`; raise ProviderError on failure."""
+        ...

@@ -1,0 +1,186 @@
+"""The upstream: any OpenAI-compatible chat-completions server, through the official SDK.
+
+One SDK client per worker process (created lazily, after gunicorn forks) with a connection pool
+sized for the worker's streams. Each stream is one ``stream=True`` request with
+``stream_options.include_usage``, read through the SDK's raw-response API: we parse the SSE
+``data:`` lines ourselves with orjson instead of letting the SDK build a model object per chunk,
+and every network read becomes at most one content piece, so tokens that arrive together under
+load travel together.
+
+Closing is the point. The generator's ``finally`` closes the HTTP response: a response not read to
+its end drops its connection, which is how the upstream learns that nobody reads any more. A
+stream that ends normally is read to the end of its body first, so its connection goes back to
+the pool (the SDK's own ``close()`` after ``[DONE]`` would drop it: openai-python #3440).
+
+Errors become :class:`ProviderError` with sentences that never hold the key, the upstream's
+address or its body. The SDK is built on ``httpx2``; a reset in the middle of a body surfaces as
+its ``TransportError``, not as an SDK error, so both are caught.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import httpx2
+import openai
+import orjson
+
+from .base import Finish, Prompt, ProviderError, StreamItem, Usage
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 2.0
+"""How long to wait for the end of a body after ``[DONE]`` before dropping the connection."""
+
+
+class OpenAIProvider:
+    """Streams chat completions from an OpenAI-compatible server."""
+
+    name = "openai"
+
+    def __init__(self, api_key: str | None, base_url: str | None, model: str,
+                 max_connections: int, read_timeout: float) -> None:
+        self.api_key = api_key or "not-needed"
+        self.base_url = base_url
+        self.model = model
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self._client: openai.OpenAI | None = None
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The worker's one SDK client, made on first use so that it is never shared by forks."""
+        if self._client is None:
+            http_client = openai.DefaultHttpxClient(
+                limits=httpx2.Limits(max_connections=self.max_connections,
+                                     max_keepalive_connections=min(self.max_connections, 256)),
+                timeout=httpx2.Timeout(connect=10.0, read=self.read_timeout, write=30.0,
+                                       pool=30.0),
+            )
+            self._client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url,
+                                         max_retries=0, http_client=http_client)
+        return self._client
+
+    def stream(self, prompt: Prompt) -> Iterator[StreamItem]:
+        """Yield content pieces as they arrive, then one Finish; close the upstream on exit."""
+        response = None
+        try:
+            response = self._open(prompt)
+            yield from _Reader(self.model).read(response.http_response)
+        except openai.APIStatusError as error:
+            raise _status_error(error.status_code) from None
+        except openai.APITimeoutError:
+            raise ProviderError("upstream_timeout", "The model service did not answer in time.") \
+                from None
+        except (openai.APIConnectionError, httpx2.TransportError):
+            raise ProviderError("upstream_error",
+                                "The connection to the model service failed.") from None
+        finally:
+            if response is not None:
+                response.close()
+
+    def _open(self, prompt: Prompt) -> Any:
+        raw = self.client.chat.completions.with_streaming_response.create(
+            model=self.model,
+            messages=[{"role": "system", "content": prompt.system},
+                      {"role": "user", "content": prompt.user}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        return raw.__enter__()
+
+
+def _status_error(status: int) -> ProviderError:
+    if status == 429:
+        return ProviderError("upstream_error",
+                             "The model service is busy (rate limited); try again shortly.")
+    if status in (401, 403):
+        return ProviderError("upstream_error",
+                             "The model service refused this server's credentials.")
+    return ProviderError("upstream_error", f"The model service answered with an error ({status}).")
+
+
+class _Reader:
+    """Parses the upstream's SSE body into content pieces and the final Finish."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.done = False
+        self._pending = b""
+
+    def read(self, http_response: httpx2.Response) -> Iterator[StreamItem]:
+        chunks = http_response.iter_bytes()
+        for chunk in chunks:
+            content = self._feed(chunk)
+            if content:
+                yield content
+            if self.done:
+                self._drain(chunks)
+                yield self._finish()
+                return
+        if self._pending.strip():
+            content = self._feed(b"\n")
+            if content:
+                yield content
+        if self.finish_reason is None and not self.done:
+            raise ProviderError("upstream_error", "The model service ended the stream early.")
+        yield self._finish()
+
+    def _finish(self) -> Finish:
+        return Finish(reason=self.finish_reason or "stop", model=self.model, usage=self.usage)
+
+    @staticmethod
+    def _drain(chunks: Iterator[bytes]) -> None:
+        """Read the rest of the body (normally nothing) so the connection can be pooled."""
+        with gevent.Timeout(DRAIN_SECONDS, False):
+            for _ in chunks:
+                pass
+
+    def _feed(self, chunk: bytes) -> str:
+        """Consume one network read; return the content it carried (possibly empty)."""
+        data = self._pending + chunk
+        lines = data.split(b"\n")
+        self._pending = lines.pop()
+        pieces: list[str] = []
+        for line in lines:
+            if line.startswith(b"data:") and not self.done:
+                piece = self._on_data(line[5:].strip())
+                if piece:
+                    pieces.append(piece)
+        return "".join(pieces)
+
+    def _on_data(self, payload: bytes) -> str | None:
+        if payload == b"[DONE]":
+            self.done = True
+            return None
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise ProviderError("upstream_error",
+                                "The model service sent a malformed response.") from None
+        if not isinstance(message, dict):
+            return None
+        if message.get("error") is not None:
+            raise ProviderError("upstream_error", "The model service reported an error.")
+        return self._on_chunk(message)
+
+    def _on_chunk(self, message: dict[str, Any]) -> str | None:
+        if isinstance(message.get("model"), str):
+            self.model = message["model"]
+        usage = message.get("usage")
+        if isinstance(usage, dict):
+            self.usage = Usage(int(usage.get("prompt_tokens") or 0),
+                               int(usage.get("completion_tokens") or 0))
+        content = None
+        for choice in message.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                content = delta["content"] if content is None else content + delta["content"]
+        return content

@@ -1,0 +1,87 @@
+"""Turns a ``POST /api/run`` request into a :class:`RunRequest`, or into the contract's 4xx.
+
+The checks run cheapest first and the body is touched last: the media type and the declared
+length are judged from the headers, so a 5 MB upload is refused with 413 before a byte of it is
+read, and a chunked upload is cut off at the limit (werkzeug's ``max_content_length``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import jsonutil
+from .commands import CATALOG, RunRequest
+from .errors import ApiError
+
+MAX_SHORT_FIELD_CHARS = {"title": 1000, "language": 100, "instruction": 4000}
+
+
+def parse_run_request(request: Request, max_text_chars: int, max_body_bytes: int) -> RunRequest:
+    """Validate media type, size and fields; raise :class:`ApiError` with an actionable sentence."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       "Send the request body as JSON with Content-Type: application/json.")
+    if request.content_length is not None and request.content_length > max_body_bytes:
+        raise _too_large(f"The request body must be at most {max_body_bytes} bytes.")
+    request.max_content_length = max_body_bytes
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise _too_large(f"The request body must be at most {max_body_bytes} bytes.") from None
+    body = _parse_json(raw)
+    return _fields(body, max_text_chars)
+
+
+def _too_large(message: str) -> ApiError:
+    return ApiError(413, "too_large", message)
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = jsonutil.loads(raw)
+    except jsonutil.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    return body
+
+
+def _fields(body: dict[str, Any], max_text_chars: int) -> RunRequest:
+    command = _string(body, "command", required=True)
+    text = _string(body, "text", required=True)
+    assert command is not None and text is not None
+    if command not in CATALOG:
+        names = ", ".join(CATALOG)
+        raise ApiError(400, "unknown_command",
+                       f"Unknown command {command[:40]!r}; use one of: {names}.")
+    if len(text) > max_text_chars:
+        raise _too_large(f"The text must be at most {max_text_chars} characters long.")
+    optional = {name: _string(body, name, required=name in CATALOG[command].requires)
+                for name in MAX_SHORT_FIELD_CHARS}
+    return RunRequest(command=command, text=text, **optional)
+
+
+def _string(body: dict[str, Any], name: str, required: bool) -> str | None:
+    """A string field: missing, empty or of the wrong type is an error only when required."""
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise _invalid(f"The field '{name}' is required.")
+        return None
+    if not isinstance(value, str):
+        raise _invalid(f"The field '{name}' must be a string.")
+    if not value.strip():
+        if required:
+            raise _invalid(f"The field '{name}' must not be empty.")
+        return None
+    limit = MAX_SHORT_FIELD_CHARS.get(name)
+    if limit is not None and len(value) > limit:
+        raise _invalid(f"The field '{name}' must be at most {limit} characters long.")
+    return value
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid_request", message)

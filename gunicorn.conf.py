@@ -1,0 +1,55 @@
+"""gunicorn settings for Axrisi Stream: gevent workers sized for thousands of long streams.
+
+Loaded by the gunicorn master before any worker forks, so it validates the environment first
+(one sentence and exit 1 on a bad setting) and imports nothing that would import ``ssl`` before
+gevent patches the workers (gunicorn #2177, #1566).
+"""
+
+import os
+import secrets
+import sys
+
+from axrisi.config import ConfigError, Settings
+
+try:
+    _settings = Settings.from_env()
+except ConfigError as _error:
+    sys.stderr.write(f"axrisi: {_error}\n")
+    sys.exit(1)
+
+if _settings.development and not _settings.jwt_secret_key and not _settings.jwt_public_key:
+    # One secret for every worker of this run, inherited through fork.
+    os.environ["JWT_SECRET_KEY"] = secrets.token_urlsafe(48)
+
+bind = f"0.0.0.0:{_settings.port}"
+workers = _settings.web_concurrency
+worker_class = "gevent"
+# Open streams per worker are capped by AXRISI_MAX_STREAMS; leave room for short requests.
+worker_connections = _settings.max_streams + 1000
+# gevent workers only time out when the event loop is blocked; streams themselves are long.
+timeout = 30
+graceful_timeout = 60
+keepalive = 5
+# The control socket (~/.gunicorn/gunicorn.ctl) would clash between instances on one machine.
+control_socket_disable = True
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+accesslog = None
+
+
+def post_worker_init(worker):
+    """In development mode, print a token to try the API with (from the first worker only)."""
+    if not _settings.development or worker.age != 1:
+        return
+    from axrisi.auth import mint_token
+
+    app = worker.wsgi
+    with app.app_context():
+        token = mint_token("dev")
+    sys.stderr.write(
+        "\nDevelopment mode: try it with\n"
+        f"  export TOKEN={token}\n"
+        f"  curl -N -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
+        f"-d '{{\"command\": \"summarize\", \"text\": \"...\"}}' "
+        f"http://127.0.0.1:{_settings.port}/api/run\n\n"
+    )

@@ -1,0 +1,47 @@
+"""Fixtures for end-to-end tests: the fake upstream and the real gunicorn serving against it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+
+from .servers import Gunicorn
+
+UPSTREAM_KEY = "sk-test-upstream-key-0123456789"
+
+FAST_SETTINGS = {
+    "AXRISI_HEARTBEAT_SECONDS": "0.4",
+    "AXRISI_UPSTREAM_TIMEOUT_SECONDS": "2",
+    "AXRISI_SEND_TIMEOUT_SECONDS": "2",
+    "AXRISI_MODEL": "test-model",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    """A real OpenAI-compatible HTTP server on loopback."""
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def server(upstream: FakeUpstream) -> Iterator[Gunicorn]:
+    """The service under gunicorn + gevent, talking to the fake upstream with short timeouts."""
+    env = {**FAST_SETTINGS, "OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": UPSTREAM_KEY}
+    with Gunicorn(env) as gunicorn:
+        yield gunicorn
+
+
+@pytest.fixture(scope="session")
+def local_server() -> Iterator[Gunicorn]:
+    """The service on its built-in local provider (no key, no base URL)."""
+    with Gunicorn({"AXRISI_LOCAL_PACE_SECONDS": "0.001"}) as gunicorn:
+        yield gunicorn

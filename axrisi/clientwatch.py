@@ -8,9 +8,12 @@ socket (gunicorn's gevent worker puts it in the environ as ``gunicorn.socket``):
 * the connection greenlet has been stuck writing one chunk for ``send_timeout`` seconds: the
   client stopped reading (its window and our buffers are full).
 
-Either way the watcher shuts the socket down (so gunicorn will not try to read another request
-from it) and kills the connection greenlet with :class:`ClientGone`, a ``GreenletExit``: the
-relay generator's ``finally`` then releases the stream. The watcher sleeps on libev between
+Either way the watcher kills the connection greenlet with :class:`ClientGone`, a
+``GreenletExit`` that gunicorn's gevent worker swallows quietly, so the relay generator's
+``finally`` releases the stream; and it shuts the socket's read side (so that gunicorn's
+keep-alive loop sees EOF instead of parsing a request from a half-written connection). The
+shutdown goes to the raw socket: gevent's own ``shutdown`` would cancel a blocked ``sendall``
+with EBADF, which gunicorn logs as an error with a stack trace. The watcher sleeps on libev between
 events: an idle stream costs one wake-up per ``send_timeout``.
 """
 
@@ -100,8 +103,8 @@ class ClientWatch:
 
     def _drop(self, reason: str) -> None:
         self.reason = reason
+        self.target.kill(ClientGone(reason), block=False)
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            getattr(self.sock, "_sock", self.sock).shutdown(socket.SHUT_RD)
         except OSError:
             pass
-        self.target.kill(ClientGone(reason), block=False)

@@ -26,11 +26,16 @@ def parse_run_request(request: Request, max_text_chars: int, max_body_bytes: int
                        "Send the request body as JSON with Content-Type: application/json.")
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise _too_large(f"The request body must be at most {max_body_bytes} bytes.")
-    request.max_content_length = max_body_bytes
+    # One byte over the limit is read, so that a chunked body that is too long is told apart
+    # from one that is exactly at the limit (werkzeug truncates silently at the limit).
+    request.max_content_length = max_body_bytes + 1
+    too_large = _too_large(f"The request body must be at most {max_body_bytes} bytes.")
     try:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise _too_large(f"The request body must be at most {max_body_bytes} bytes.") from None
+        raise too_large from None
+    if len(raw) > max_body_bytes:
+        raise too_large
     body = _parse_json(raw)
     return _fields(body, max_text_chars)
 

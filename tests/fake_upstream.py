@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_TOKENS",
     "SECRET_MARKER",
+    "default_error_body",
     "FakeUpstream",
     "RequestRecord",
     "Scenario",

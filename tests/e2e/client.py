@@ -94,3 +94,26 @@ def content_of(events: list[Event]) -> str:
     """The stream's text: its content events joined in order."""
     return "".join(e.json["content"] for e in events if e.event == "message"
                    and "content" in e.json)
+
+
+def read_http_reply(sock: socket.socket, timeout: float = 5.0) -> tuple[str, bytes]:
+    """Read one HTTP/1.1 reply with a Content-Length from a raw socket: (head, body)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return head.decode("latin-1"), body

@@ -138,8 +138,15 @@ class Run:
         self.provider = provider
         self.log = EventLog(stream_id)
         self.ended: list[Generation] = []
+        self.closed_before_on_end: bool | None = None
         self.generation = Generation(self.log, provider, PROMPT, upstream_timeout,
-                                     on_end=self.ended.append)
+                                     on_end=self._on_end)
+
+    def _on_end(self, generation: Generation) -> None:
+        self.ended.append(generation)
+        recorder = getattr(self.provider, "recorder", None)
+        if recorder is not None:
+            self.closed_before_on_end = recorder.closed
 
     def start(self) -> Run:
         self.generation.start()
@@ -188,6 +195,25 @@ def test_content_events_then_one_done() -> None:
     assert run.generation.finish == FINISH
     assert run.generation.content_pieces == 3
     assert run.provider.recorder.closed is True
+    assert run.closed_before_on_end is True
+    assert run.ended == [run.generation]
+
+
+def test_provider_is_closed_before_on_end() -> None:
+    """The provider's iterator is closed (its finally ran) before on_end is called."""
+    provider = tokens_then_finish("a")
+    run = Run(provider)
+    kept: list[Any] = []
+    original = provider.stream
+
+    def stream_keeping_a_reference(prompt: Prompt) -> Iterator[StreamItem]:
+        items = original(prompt)
+        kept.append(items)  # so garbage collection cannot close it for the generation
+        return items
+
+    provider.stream = stream_keeping_a_reference  # type: ignore[method-assign]
+    run.start().join()
+    assert run.closed_before_on_end is True
     assert run.ended == [run.generation]
 
 

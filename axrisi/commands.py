@@ -62,8 +62,13 @@ class Command:
 
 
 def _user_message(request: RunRequest) -> str:
-    head = f"Title: {request.title}\n\n" if request.title else ""
-    return f"{head}<text>\n{request.text}\n</text>"
+    head = f"Title: {_fence(request.title)}\n\n" if request.title else ""
+    return f"{head}<text>\n{_fence(request.text)}\n</text>"
+
+
+def _fence(value: str) -> str:
+    """Keep a page's text from closing its own <text> block and posing as instructions."""
+    return value.replace("</text>", "</ text>").replace("<text>", "< text>")
 
 
 def _of(noun: str) -> Callable[[RunRequest], str]:

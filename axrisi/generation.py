@@ -58,6 +58,8 @@ class Generation:
         self.started_at = time.monotonic()
         self.last_activity = self.started_at
         self._timer: Any = None
+        self._entered = False
+        self._pending: Interrupted | None = None
         self.greenlet: Greenlet = Greenlet(self._run)
 
     @property
@@ -72,12 +74,22 @@ class Generation:
 
     def interrupt(self, code: str, message: str) -> None:
         """Stop the generation with a terminal error event; the upstream is closed promptly."""
-        if self.running and not self.greenlet.dead:
-            self.greenlet.kill(Interrupted(code, message), block=False)
+        if not self.running or self.greenlet.dead:
+            return
+        if not self._entered:
+            # Killing a greenlet that has not run yet would stop it from ever running, and the
+            # stream would never get its terminal event: let it start and stop at once instead.
+            self._pending = Interrupted(code, message)
+            return
+        self.greenlet.kill(Interrupted(code, message), block=False)
 
     def _run(self) -> None:
-        items: Iterator[StreamItem] = self.provider.stream(self.prompt)
+        self._entered = True
+        items: Iterator[StreamItem] | None = None
         try:
+            if self._pending is not None:
+                raise self._pending
+            items = self.provider.stream(self.prompt)
             self._relay(items)
         except Interrupted as stop:
             self._end(stop.code, {"error": stop.message, "code": stop.code})
@@ -91,7 +103,7 @@ class Generation:
             self._end("internal", {"error": INTERNAL_MESSAGE, "code": "internal"})
         finally:
             self._disarm()
-            close = getattr(items, "close", None)
+            close = getattr(items, "close", None) if items is not None else None
             if close is not None:
                 close()
             if self.on_end is not None:

@@ -375,9 +375,6 @@ def test_plain_kill_ends_as_cancelled() -> None:
     assert run.ended == [run.generation]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "generation.py start()/interrupt(): interrupting a generation whose greenlet has not run yet "
-    "kills it before _run starts, so no terminal event is written and on_end never runs"))
 def test_interrupt_right_after_start_still_ends_the_stream() -> None:
     """interrupt() straight after start() still writes one error event and calls on_end."""
     run = Run(tokens_then_block("a")).start()
@@ -389,9 +386,6 @@ def test_interrupt_right_after_start_still_ends_the_stream() -> None:
     assert run.ended == [run.generation]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "generation.py _run(): provider.stream() is called outside the try, so a provider whose "
-    "stream() raises before returning an iterator leaves no terminal event and no on_end"))
 def test_provider_raising_on_call_still_ends_the_stream() -> None:
     """A provider whose stream() raises at once still ends the stream with one error event."""
     class EagerProvider:

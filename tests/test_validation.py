@@ -161,6 +161,18 @@ def test_chunked_body_under_limit_is_accepted() -> None:
     assert request == RunRequest(**VALID)
 
 
+@pytest.mark.parametrize(("size", "accepted"), [(MAX_BODY, True), (MAX_BODY + 1, False)])
+def test_chunked_body_at_the_limit(size: int, accepted: bool) -> None:
+    """A chunked body of exactly max_body_bytes is accepted; one byte more is 413."""
+    body = json.dumps(VALID).encode()
+    body += b" " * (size - len(body))
+    if accepted:
+        assert parse(environ_overrides=chunked(body)) == RunRequest(**VALID)
+    else:
+        error = error_of(parse, environ_overrides=chunked(body))
+        assert (error.code, error.error_code) == (413, "too_large")
+
+
 def test_text_over_max_chars_is_413() -> None:
     """A text one character over max_text_chars is 413 too_large."""
     error = error_of(parse_json, {"command": "summarize", "text": "x" * (MAX_TEXT + 1)})

@@ -21,22 +21,34 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; raises :class:`axrisi.config.ConfigError` for an invalid setting."""
     from flask import Flask
 
-    from . import api, auth, cli, errors
+    from . import api, auth, cli, errors, quotas
     from .config import Settings
-    from .ids import LocalIds
+    from .ids import IdAllocator, LocalIds, SharedIds
     from .providers import build_provider
-    from .streams import StreamRegistry
+    from .shared import SharedStore
+    from .streams import Stream, StreamRegistry
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.extensions["axrisi.settings"] = settings
     errors.init_app(app)
     auth.init_app(app, settings)
+    store = SharedStore(settings.redis_url) if settings.redis_url else None
+    app.extensions["axrisi.shared"] = store
+    limits_ = quotas.Quotas(settings, store)
+    app.extensions["axrisi.quotas"] = limits_
+    quotas.init_rate_limit(app, settings)
+    ids: IdAllocator = SharedIds(store) if store is not None else LocalIds()
+
+    def stream_ended(stream: Stream) -> None:
+        limits_.stream_ended(stream.user, stream.lease, StreamRegistry.tokens_used(stream))
+
     app.extensions["axrisi.streams"] = StreamRegistry(
         provider=build_provider(settings),
-        ids=LocalIds(),
+        ids=ids,
         upstream_timeout=settings.upstream_timeout_seconds,
         grace_seconds=settings.resume_grace_seconds,
+        on_end=stream_ended,
     )
     app.register_blueprint(api.bp)
     cli.init_app(app)

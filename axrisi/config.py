@@ -54,6 +54,7 @@ class Settings:
     resume_grace_seconds: float = 0.0
     max_streams: int = 1000
     local_pace_seconds: float = 0.03
+    stream_lease_seconds: float = 60.0
 
     @property
     def development(self) -> bool:
@@ -103,8 +104,10 @@ class Settings:
             resume_grace_seconds=e.number("AXRISI_RESUME_GRACE_SECONDS", 0.0, low=0.0),
             max_streams=e.integer("AXRISI_MAX_STREAMS", default_max_streams(workers), low=1),
             local_pace_seconds=e.number("AXRISI_LOCAL_PACE_SECONDS", 0.03, low=0.0, high=5.0),
+            stream_lease_seconds=e.number("AXRISI_STREAM_LEASE_SECONDS", 60.0, low=1.0),
         )
         _check_jwt(settings)
+        _check_scaling(settings)
         return settings
 
 
@@ -116,6 +119,16 @@ def default_max_streams(workers: int) -> int:
         return 1000
     per_worker = pages * page_size // 2 // max(1, workers)
     return max(DEFAULT_MAX_STREAMS_FLOOR, min(50_000, per_worker // BYTES_PER_STREAM_BUDGET))
+
+
+def _check_scaling(s: Settings) -> None:
+    """Several workers without Redis would multiply every per-user limit by the worker count."""
+    if s.web_concurrency > 1 and not s.redis_url:
+        raise ConfigError(
+            f"WEB_CONCURRENCY is {s.web_concurrency} but REDIS_URL is not set: per-user limits "
+            "would be counted per worker; set REDIS_URL so that the workers share them "
+            "(or use WEB_CONCURRENCY=1)."
+        )
 
 
 def _check_jwt(s: Settings) -> None:
@@ -210,8 +223,10 @@ class _Env:
 
     def rate_limit(self, name: str, default: str) -> str:
         value = self.text(name) or default
-        items = [item for item in re.split(r"[;,]", value) if item.strip()]
-        if not items or not all(_RATE_ITEM.match(item) for item in items):
+        # flask-limiter's notation: limits separated by ',', ';' or '|', none of them empty.
+        # (Parsed with the `limits` package itself in the worker; it cannot be imported here.)
+        items = re.split(r"[;,|]", value)
+        if not all(_RATE_ITEM.match(item) for item in items):
             raise ConfigError(
                 f"{name} must be limits like '30/minute;1000/day', not {value!r}."
             )

@@ -8,6 +8,7 @@ interrupted at once (``AXRISI_RESUME_GRACE_SECONDS`` = 0, the default) or after 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ class Stream:
     command: str
     log: EventLog
     generation: Generation
+    lease: object | None = None
     clients: int = 0
     _grace_timer: gevent.Greenlet | None = field(default=None, repr=False)
 
@@ -50,7 +52,7 @@ class StreamRegistry:
         self.on_end = on_end
         self.running: dict[int, Stream] = {}
 
-    def start(self, user: str, request: RunRequest) -> Stream:
+    def start(self, user: str, request: RunRequest, lease: object | None = None) -> Stream:
         """Create the stream, write its title event and start the generation."""
         command = CATALOG[request.command]
         stream_id = self.ids.next_id()
@@ -58,7 +60,7 @@ class StreamRegistry:
         event_log.append({"title": command.title(request), "commandId": stream_id})
         generation = Generation(event_log, self.provider, command.prompt(request),
                                 self.upstream_timeout)
-        stream = Stream(stream_id, user, request.command, event_log, generation)
+        stream = Stream(stream_id, user, request.command, event_log, generation, lease)
         generation.on_end = lambda _g: self._ended(stream)
         self.running[stream_id] = stream
         generation.start()
@@ -81,6 +83,16 @@ class StreamRegistry:
         elif stream._grace_timer is None:
             stream._grace_timer = gevent.spawn_later(
                 self.grace_seconds, stream.generation.interrupt, "cancelled", CANCELLED_MESSAGE)
+
+    @staticmethod
+    def tokens_used(stream: Stream) -> int:
+        """What the stream cost: the upstream's usage, or a count where it reported none."""
+        generation = stream.generation
+        usage = generation.finish.usage if generation.finish is not None else None
+        if usage is not None:
+            return usage.prompt_tokens + usage.completion_tokens
+        prompt = generation.prompt
+        return math.ceil((len(prompt.system) + len(prompt.user)) / 4) + generation.content_pieces
 
     def _ended(self, stream: Stream) -> None:
         self.running.pop(stream.id, None)

@@ -17,6 +17,9 @@ FAST_SETTINGS = {
     "AXRISI_UPSTREAM_TIMEOUT_SECONDS": "2",
     "AXRISI_SEND_TIMEOUT_SECONDS": "2",
     "AXRISI_MODEL": "test-model",
+    # The shared server's tests are not about quotas (test_quotas.py starts its own servers).
+    "AXRISI_MAX_STREAMS_PER_USER": "0",
+    "AXRISI_RATE_LIMIT": "100000/minute",
 }
 
 

@@ -20,6 +20,7 @@ from .servers import ROOT, TEST_SECRET, Gunicorn
     ({"PORT": "http"}, "PORT"),
     ({"AXRISI_RATE_LIMIT": "lots"}, "AXRISI_RATE_LIMIT"),
     ({"OPENAI_BASE_URL": "localhost:11434"}, "OPENAI_BASE_URL"),
+    ({"WEB_CONCURRENCY": "2"}, "REDIS_URL"),
 ])
 def test_refuses_to_start_on_a_bad_setting(env: dict, setting: str) -> None:
     """gunicorn exits non-zero with one sentence naming the bad setting."""

@@ -1,0 +1,255 @@
+"""Per-user quotas: request rate, open streams and model tokens, for the whole deployment.
+
+The user is the JWT's ``sub``, never the IP. Each limit lives in Redis when ``REDIS_URL`` is set
+(so that it holds across workers and instances) and in the process otherwise:
+
+* **request rate**: flask-limiter with ``AXRISI_RATE_LIMIT`` (its own notation), moving window,
+  ``429 rate_limited`` with ``Retry-After``. On a Redis error flask-limiter falls back to its
+  in-memory limiter and checks the storage again with a growing back-off.
+* **open streams**: at most ``AXRISI_MAX_STREAMS_PER_USER`` at once (0 = no limit). A slot is an
+  expiring lease (a member of a per-user sorted set scored by its expiry), renewed by one greenlet
+  per worker while the stream generates and removed on every way out; a worker that dies stops
+  renewing, so its leases lapse within ``AXRISI_STREAM_LEASE_SECONDS``.
+* **tokens**: ``AXRISI_TOKEN_QUOTA`` with the ``limits`` package (fixed window), charged when a
+  stream ends with the usage the upstream reports, or with a count where it reports none.
+  A user with no tokens left gets ``429 quota_exceeded`` before a stream starts. A stream that
+  crosses the line while it runs is allowed to finish and is charged in full: cutting an answer
+  in the middle would waste what was already paid for, and the overshoot is bounded by one
+  answer per open stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import limits
+import limits.storage
+import limits.strategies
+from flask import Flask, Response, g
+from flask_limiter import Limiter, RateLimitExceeded
+
+from .config import Settings
+from .errors import ApiError, json_error
+from .shared import SharedStore, redis_options
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED_MESSAGE = "Rate limit exceeded"
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local renewed = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return renewed
+"""
+
+
+def user_key(user: str) -> str:
+    """A stable, fixed-length key for a user: no raw ``sub`` in Redis keys or logs."""
+    return hashlib.sha256(user.encode()).hexdigest()[:32]
+
+
+@dataclass(eq=False)
+class Lease:
+    """One open-stream slot."""
+
+    user_key: str
+    id: str
+    shared: bool
+
+
+class StreamSlots:
+    """Open streams per user, as expiring leases (Redis) or a per-process count."""
+
+    def __init__(self, limit: int, lease_seconds: float, store: SharedStore | None) -> None:
+        self.limit = limit
+        self.lease_ms = int(lease_seconds * 1000)
+        self.store = store
+        self.local: dict[str, set[str]] = {}
+        self.held: set[Lease] = set()
+        self._renewer: gevent.Greenlet | None = None
+        if store is not None:
+            self._acquire = store.client.register_script(_ACQUIRE)
+            self._renew = store.client.register_script(_RENEW)
+
+    def acquire(self, user: str) -> Lease | None:
+        """Take a slot, or None when the user already has ``limit`` streams open."""
+        key = user_key(user)
+        lease = Lease(key, uuid.uuid4().hex, shared=False)
+        if self.limit <= 0:
+            return lease
+        if self.store is not None:
+            ok = self.store.run(lambda _r: self._acquire_shared(lease), lambda: None)
+            if ok is not None:
+                return self._hold(lease) if ok else None
+        open_here = self.local.setdefault(key, set())
+        if len(open_here) >= self.limit:
+            return None
+        open_here.add(lease.id)
+        return self._hold(lease)
+
+    def release(self, lease: Lease | None) -> None:
+        """Give the slot back; safe to call twice."""
+        if lease is None or lease not in self.held:
+            return
+        self.held.discard(lease)
+        if lease.shared and self.store is not None:
+            self.store.run(lambda r: r.zrem(_slots_key(lease.user_key), lease.id), lambda: 0)
+        else:
+            open_here = self.local.get(lease.user_key)
+            if open_here is not None:
+                open_here.discard(lease.id)
+                if not open_here:
+                    del self.local[lease.user_key]
+
+    def _acquire_shared(self, lease: Lease) -> bool:
+        got = int(self._acquire(keys=[_slots_key(lease.user_key)],
+                                args=[self.limit, self.lease_ms, lease.id]))
+        lease.shared = True
+        return got == 1
+
+    def _hold(self, lease: Lease) -> Lease:
+        self.held.add(lease)
+        if lease.shared and (self._renewer is None or self._renewer.dead):
+            self._renewer = gevent.spawn(self._renew_forever)
+        return lease
+
+    def _renew_forever(self) -> None:
+        """One greenlet per worker renews every shared lease at a third of its lifetime."""
+        while any(lease.shared for lease in self.held):
+            gevent.sleep(self.lease_ms / 3000)
+            shared = [lease for lease in self.held if lease.shared]
+            if shared and self.store is not None:
+                self.store.run(lambda r, leases=shared: self._renew_all(r, leases), lambda: None)
+
+    def _renew_all(self, client: Any, leases: list[Lease]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for lease in leases:
+            self._renew(keys=[_slots_key(lease.user_key)], args=[self.lease_ms, lease.id],
+                        client=pipe)
+        pipe.execute()
+
+
+def _slots_key(key: str) -> str:
+    return f"axrisi:streams:{key}"
+
+
+class TokenQuota:
+    """Model tokens per user and period, with the ``limits`` package."""
+
+    def __init__(self, quota: str, store: SharedStore | None) -> None:
+        self.item = limits.parse(quota)
+        self.store = store
+        self.local = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
+        self.shared = None
+        if store is not None:
+            storage = limits.storage.storage_from_string(store.url, **redis_options())
+            self.shared = limits.strategies.FixedWindowRateLimiter(storage)
+
+    def retry_after(self, user: str) -> int | None:
+        """None while the user has tokens left; else seconds until the window resets."""
+        key = user_key(user)
+        return self._on(lambda limiter: _seconds_left(limiter, self.item, key))
+
+    def charge(self, user: str, tokens: int) -> None:
+        """Count ``tokens`` against the user's quota (it may go past the line: see above)."""
+        if tokens > 0:
+            key = user_key(user)
+            self._on(lambda limiter: limiter.hit(self.item, key, cost=tokens))
+
+    def _on(self, operation: Callable[[Any], Any]) -> Any:
+        if self.shared is None or self.store is None:
+            return operation(self.local)
+        shared = self.shared
+        return self.store.run(lambda _r: operation(shared), lambda: operation(self.local))
+
+
+def _seconds_left(limiter: Any, item: Any, key: str) -> int | None:
+    if limiter.test(item, key):
+        return None
+    reset_at, _remaining = limiter.get_window_stats(item, key)
+    return max(1, math.ceil(reset_at - time.time()))
+
+
+class Quotas:
+    """The three limits together, as the API uses them."""
+
+    def __init__(self, settings: Settings, store: SharedStore | None) -> None:
+        self.slots = StreamSlots(settings.max_streams_per_user, settings.stream_lease_seconds,
+                                 store)
+        self.tokens = TokenQuota(settings.token_quota, store) if settings.token_quota else None
+
+    def admit(self, user: str) -> Lease:
+        """Check the token quota, then take a stream slot; raise the contract's 429s."""
+        if self.tokens is not None:
+            retry_after = self.tokens.retry_after(user)
+            if retry_after is not None:
+                raise ApiError(429, "quota_exceeded",
+                               "Token quota exceeded; try again when it resets.",
+                               {"Retry-After": str(retry_after)})
+        lease = self.slots.acquire(user)
+        if lease is None:
+            raise ApiError(429, "too_many_streams",
+                           "Too many open streams; close one and try again.")
+        return lease
+
+    def stream_ended(self, user: str, lease: Lease | None, tokens: int) -> None:
+        """Give the slot back and charge the tokens: called on every way a stream ends."""
+        self.slots.release(lease)
+        if self.tokens is not None:
+            self.tokens.charge(user, tokens)
+
+
+rate_limiter = Limiter(
+    key_func=lambda: user_key(g.axrisi_user),
+    strategy="moving-window",
+    headers_enabled=False,
+    swallow_errors=True,
+    key_prefix="axrisi",
+)
+
+
+def init_rate_limit(app: Flask, settings: Settings) -> None:
+    """Configure flask-limiter: storage, fallback, and the contract's 429 body."""
+    limits.parse_many(settings.rate_limit)  # the authority on the notation
+    app.config.update(
+        RATELIMIT_STORAGE_URI=settings.redis_url or "memory://",
+        RATELIMIT_STORAGE_OPTIONS=redis_options() if settings.redis_url else {},
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=bool(settings.redis_url),
+        RATELIMIT_IN_MEMORY_FALLBACK=settings.rate_limit,
+    )
+    rate_limiter.init_app(app)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(_error: RateLimitExceeded) -> Response:
+        return json_error(429, "rate_limited", RATE_LIMITED_MESSAGE,
+                          {"Retry-After": str(_rate_retry_after())})
+
+
+def _rate_retry_after() -> int:
+    try:
+        current = rate_limiter.current_limit
+        if current is not None:
+            return max(1, math.ceil(current.reset_at - time.time()))
+    except Exception:  # the storage may be gone; a conservative answer beats none
+        log.warning("could not read the rate limit window")
+    return 60

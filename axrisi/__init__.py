@@ -25,8 +25,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .config import Settings
     from .ids import IdAllocator, LocalIds, SharedIds
     from .providers import build_provider
+    from .resume import RedisEvents
     from .shared import SharedStore
-    from .streams import Stream, StreamRegistry
+    from .streams import Retention, Stream, StreamRegistry
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -43,12 +44,25 @@ def create_app(settings: Settings | None = None) -> Flask:
     def stream_ended(stream: Stream) -> None:
         limits_.stream_ended(stream.user, stream.lease, StreamRegistry.tokens_used(stream))
 
+    mirror = None
+    if store is not None:
+        mirror = RedisEvents(store, settings.resume_ttl_seconds,
+                             running_ttl_seconds=int(settings.upstream_timeout_seconds * 2),
+                             max_events=settings.resume_max_events)
+    app.extensions["axrisi.mirror"] = mirror
     app.extensions["axrisi.streams"] = StreamRegistry(
         provider=build_provider(settings),
         ids=ids,
         upstream_timeout=settings.upstream_timeout_seconds,
-        grace_seconds=settings.resume_grace_seconds,
+        retention=Retention(
+            ttl_seconds=settings.resume_ttl_seconds,
+            grace_seconds=settings.resume_grace_seconds,
+            max_events=settings.resume_max_events,
+            max_retained_bytes=settings.resume_max_memory_mb * 1024 * 1024,
+        ),
+        owner_key=quotas.user_key,
         on_end=stream_ended,
+        mirror=mirror,
     )
     app.register_blueprint(api.bp)
     cli.init_app(app)

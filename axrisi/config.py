@@ -55,6 +55,8 @@ class Settings:
     max_streams: int = 1000
     local_pace_seconds: float = 0.03
     stream_lease_seconds: float = 60.0
+    resume_max_events: int = 10_000
+    resume_max_memory_mb: int = 64
 
     @property
     def development(self) -> bool:
@@ -105,6 +107,8 @@ class Settings:
             max_streams=e.integer("AXRISI_MAX_STREAMS", default_max_streams(workers), low=1),
             local_pace_seconds=e.number("AXRISI_LOCAL_PACE_SECONDS", 0.03, low=0.0, high=5.0),
             stream_lease_seconds=e.number("AXRISI_STREAM_LEASE_SECONDS", 60.0, low=1.0),
+            resume_max_events=e.integer("AXRISI_RESUME_MAX_EVENTS", 10_000, low=10),
+            resume_max_memory_mb=e.integer("AXRISI_RESUME_MAX_MEMORY_MB", 64, low=1),
         )
         _check_jwt(settings)
         _check_scaling(settings)

@@ -1,20 +1,24 @@
-"""The client side of a stream: follow the event log and write SSE bytes, until the end.
+"""The client side of a stream: follow its events and write SSE bytes, until the end.
 
-The relay is a plain generator given everything it needs as arguments (it outlives the request
-context). It yields, in order: the ``retry:`` field and every event already in the log (the
-title at least) as the first chunk, so headers and a first line leave before the model answers;
-then whatever the log gains, all pending frames in one write; a ``: ping`` comment after
-``heartbeat`` seconds of silence; and it returns after the terminal event.
+The relays are plain generators given everything they need as arguments (they outlive the
+request context). They yield, in order: the ``retry:`` field and every event already kept (for a
+new stream, the title at least) as the first chunk, so headers and a first line leave before the
+model answers; then whatever arrives, all pending frames in one write; a ``: ping`` comment after
+``heartbeat`` seconds of silence; and they return after the terminal event.
 
-Its ``finally`` is the one place a connection's resources are released, whichever way it ends:
+Their ``finally`` is the one place a connection's resources are released, whichever way it ends:
 the terminal event was sent, the client left (the watcher's :class:`ClientGone`), the client
 stopped reading (the same, after the send timeout), or gunicorn closed the iterator.
+
+* :func:`relay` follows a stream of this worker through its in-memory :class:`EventLog`;
+* :func:`relay_remote` follows a stream of another worker or instance through Redis.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -23,9 +27,12 @@ from gevent.event import Event
 
 from . import sse
 from .clientwatch import ClientWatch
+from .eventlog import EventsDropped
+from .resume import RedisEvents
 from .streams import Stream, StreamRegistry
 
 RETRY_MILLISECONDS = 2000
+OPENING = sse.retry(RETRY_MILLISECONDS)
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -41,41 +48,86 @@ def sse_response(body: Iterator[bytes]) -> Response:
     return response
 
 
-def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket: Any,
-          heartbeat: float, send_timeout: float) -> Iterator[bytes]:
-    """Yield the stream's SSE bytes from ``position`` until its terminal event."""
-    registry.attach(stream)
+@contextmanager
+def _watched(client_socket: Any, send_timeout: float) -> Iterator[ClientWatch | None]:
     watch = None
     if client_socket is not None:
         watch = ClientWatch(client_socket, gevent.getcurrent(), send_timeout)
         watch.start()
     try:
-        for chunk in _frames(stream, position, heartbeat, sse.retry(RETRY_MILLISECONDS)):
-            if watch is not None:
-                watch.writing_since = time.monotonic()
-            yield chunk
-            if watch is not None:
-                watch.writing_since = None
+        yield watch
     finally:
         if watch is not None:
             watch.stop()
+
+
+def _written(chunks: Iterator[bytes], watch: ClientWatch | None) -> Iterator[bytes]:
+    """Yield chunks, telling the watcher when a write is in progress (for the send timeout)."""
+    if watch is None:
+        yield from chunks
+        return
+    for chunk in chunks:
+        watch.writing_since = time.monotonic()
+        yield chunk
+        watch.writing_since = None
+
+
+def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket: Any,
+          heartbeat: float, send_timeout: float) -> Iterator[bytes]:
+    """Yield a local stream's SSE bytes from ``position`` until its terminal event."""
+    registry.attach(stream)
+    try:
+        with _watched(client_socket, send_timeout) as watch:
+            yield from _written(_local_frames(stream, position, heartbeat), watch)
+    finally:
         registry.detach(stream)
 
 
-def _frames(stream: Stream, position: int, heartbeat: float, opening: bytes) -> Iterator[bytes]:
+def _local_frames(stream: Stream, position: int, heartbeat: float) -> Iterator[bytes]:
     event_log = stream.log
     waiter = Event()
-    pending = opening
-    while True:
-        frames = event_log.read(position)
-        if frames:
-            position += len(frames)
-            yield pending + b"".join(frames)
-            pending = b""
-        elif pending:
-            yield pending
-            pending = b""
-        if event_log.ended and position >= len(event_log.frames):
-            return
-        if not event_log.wait(position, waiter, heartbeat):
-            yield sse.PING
+    cursor = event_log.follow(position)
+    pending = OPENING
+    try:
+        while True:
+            try:
+                frames = event_log.read(position)
+            except EventsDropped:
+                return  # cannot happen to a live follower; a resume checks its id first
+            if frames:
+                position += len(frames)
+                event_log.advance(cursor, position)
+                yield pending + b"".join(frames)
+                pending = b""
+            elif pending:
+                yield pending
+                pending = b""
+            if event_log.finished_at(position):
+                return
+            if not event_log.wait(position, waiter, heartbeat):
+                yield sse.PING
+    finally:
+        event_log.unfollow(cursor)
+
+
+def relay_remote(mirror: RedisEvents, stream_id: int, position: int, client_socket: Any,
+                 heartbeat: float, send_timeout: float, grace: float) -> Iterator[bytes]:
+    """Yield another process's stream from Redis, from ``position`` until its terminal event."""
+    try:
+        with _watched(client_socket, send_timeout) as watch:
+            yield from _written(_remote_frames(mirror, stream_id, position, heartbeat, grace),
+                                watch)
+    finally:
+        mirror.clear_attached(stream_id)
+
+
+def _remote_frames(mirror: RedisEvents, stream_id: int, position: int, heartbeat: float,
+                   grace: float) -> Iterator[bytes]:
+    if grace > 0:
+        mirror.mark_attached(stream_id, grace)
+    yield OPENING
+    block = min(heartbeat, grace / 2) if grace > 0 else heartbeat
+    for frames in mirror.follow(stream_id, position, block):
+        if grace > 0:
+            mirror.mark_attached(stream_id, grace)
+        yield b"".join(frames) if frames is not None else sse.PING

@@ -1,16 +1,24 @@
-"""Open streams of this worker: creation, lookup, the client count and cancellation on leave.
+"""Streams of this worker: creation, lookup for resume, retention, and cancellation on leave.
 
 A :class:`Stream` ties a stream's event log to its generation and its owner. Clients attach and
 detach; when the last one detaches while the model is still generating, the generation is
-interrupted at once (``AXRISI_RESUME_GRACE_SECONDS`` = 0, the default) or after the grace.
+interrupted at once (``AXRISI_RESUME_GRACE_SECONDS`` = 0, the default) or when the grace runs out
+with nobody back (here or, through Redis, on another instance).
+
+A stream stays resumable while it runs and for ``AXRISI_RESUME_TTL_SECONDS`` after it ends. Memory
+is bounded twice: each log keeps at most ``max_events`` events, and finished streams are dropped
+oldest first when their frames pass ``max_retained_bytes`` in total.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import gevent
 
@@ -19,6 +27,9 @@ from .eventlog import EventLog
 from .generation import Generation
 from .ids import IdAllocator
 from .providers.base import Provider
+
+if TYPE_CHECKING:
+    from .resume import RedisEvents
 
 log = logging.getLogger(__name__)
 
@@ -31,40 +42,66 @@ class Stream:
 
     id: int
     user: str
+    owner_key: str
     command: str
     log: EventLog
     generation: Generation
     lease: object | None = None
     clients: int = 0
+    ended_at: float | None = None
     _grace_timer: gevent.Greenlet | None = field(default=None, repr=False)
 
 
+@dataclass
+class Retention:
+    """How long and how much of the streams' events this worker keeps for resumes."""
+
+    ttl_seconds: float = 300.0
+    grace_seconds: float = 0.0
+    max_events: int = 10_000
+    max_retained_bytes: int = 64 * 1024 * 1024
+
+
 class StreamRegistry:
-    """The streams this worker runs; the place later features (resume, drain) look them up."""
+    """The streams this worker runs or recently ran."""
 
     def __init__(self, provider: Provider, ids: IdAllocator, upstream_timeout: float,
-                 grace_seconds: float,
-                 on_end: Callable[[Stream], None] | None = None) -> None:
+                 retention: Retention, owner_key: Callable[[str], str],
+                 on_end: Callable[[Stream], None] | None = None,
+                 mirror: RedisEvents | None = None) -> None:
         self.provider = provider
         self.ids = ids
         self.upstream_timeout = upstream_timeout
-        self.grace_seconds = grace_seconds
+        self.retention = retention
+        self.owner_key = owner_key
         self.on_end = on_end
+        self.mirror = mirror
         self.running: dict[int, Stream] = {}
+        self.finished: OrderedDict[int, Stream] = OrderedDict()
+        self.finished_bytes = 0
 
     def start(self, user: str, request: RunRequest, lease: object | None = None) -> Stream:
         """Create the stream, write its title event and start the generation."""
         command = CATALOG[request.command]
         stream_id = self.ids.next_id()
-        event_log = EventLog(stream_id)
+        owner = self.owner_key(user)
+        if self.mirror is not None:
+            self.mirror.register(stream_id, owner)
+        event_log = EventLog(stream_id, self.retention.max_events,
+                             self.mirror.on_append if self.mirror is not None else None)
         event_log.append({"title": command.title(request), "commandId": stream_id})
         generation = Generation(event_log, self.provider, command.prompt(request),
                                 self.upstream_timeout)
-        stream = Stream(stream_id, user, request.command, event_log, generation, lease)
+        stream = Stream(stream_id, user, owner, request.command, event_log, generation, lease)
         generation.on_end = lambda _g: self._ended(stream)
         self.running[stream_id] = stream
         generation.start()
         return stream
+
+    def lookup(self, stream_id: int) -> Stream | None:
+        """A running stream, or a finished one still within its TTL."""
+        self._expire()
+        return self.running.get(stream_id) or self.finished.get(stream_id)
 
     def attach(self, stream: Stream) -> None:
         """A client connection starts following the stream."""
@@ -78,11 +115,21 @@ class StreamRegistry:
         stream.clients -= 1
         if stream.clients > 0 or not stream.generation.running:
             return
-        if self.grace_seconds <= 0:
+        if self.retention.grace_seconds <= 0:
             stream.generation.interrupt("cancelled", CANCELLED_MESSAGE)
         elif stream._grace_timer is None:
-            stream._grace_timer = gevent.spawn_later(
-                self.grace_seconds, stream.generation.interrupt, "cancelled", CANCELLED_MESSAGE)
+            stream._grace_timer = gevent.spawn_later(self.retention.grace_seconds,
+                                                     self._grace_over, stream)
+
+    def _grace_over(self, stream: Stream) -> None:
+        stream._grace_timer = None
+        if stream.clients > 0 or not stream.generation.running:
+            return
+        if self.mirror is not None and self.mirror.is_attached(stream.id):
+            stream._grace_timer = gevent.spawn_later(self.retention.grace_seconds,
+                                                     self._grace_over, stream)
+            return
+        stream.generation.interrupt("cancelled", CANCELLED_MESSAGE)
 
     @staticmethod
     def tokens_used(stream: Stream) -> int:
@@ -99,8 +146,24 @@ class StreamRegistry:
         if stream._grace_timer is not None:
             stream._grace_timer.kill(block=False)
             stream._grace_timer = None
+        stream.ended_at = time.monotonic()
+        self.finished[stream.id] = stream
+        self.finished_bytes += stream.log.size
+        self._expire()
         if self.on_end is not None:
             try:
                 self.on_end(stream)
             except Exception:
                 log.exception("stream end hook failed")
+
+    def _expire(self) -> None:
+        """Drop finished streams past their TTL, and the oldest ones past the memory cap."""
+        now = time.monotonic()
+        while self.finished:
+            oldest = next(iter(self.finished.values()))
+            expired = oldest.ended_at is not None and \
+                now - oldest.ended_at > self.retention.ttl_seconds
+            if not expired and self.finished_bytes <= self.retention.max_retained_bytes:
+                break
+            self.finished.popitem(last=False)
+            self.finished_bytes -= oldest.log.size

@@ -458,7 +458,7 @@ def test_append_assigns_ids_and_encodes_frames() -> None:
     log.append({"title": "T", "commandId": 42})
     log.append({"content": "x", "commandId": 42})
     log.append({"error": "E.", "code": "internal", "commandId": 42}, name="error", final=True)
-    assert log.ids == ["42-0", "42-1", "42-2"]
+    assert log.next_seq == 3
     assert log.frames == [
         sse.event("42-0", {"title": "T", "commandId": 42}),
         sse.event("42-1", {"content": "x", "commandId": 42}),
@@ -487,7 +487,7 @@ def test_nothing_is_appended_after_the_final_event() -> None:
     log.append({"content": "late"})
     log.append({"error": "x", "code": "internal"}, name="error", final=True)
     assert log.frames == frames
-    assert log.ids == ["1-0", "1-1"]
+    assert log.next_seq == 2
     assert log.ended is True
 
 

@@ -5,9 +5,11 @@ Loaded by the gunicorn master before any worker forks, so it validates the envir
 gevent patches the workers (gunicorn #2177, #1566).
 """
 
+import glob
 import os
 import secrets
 import sys
+import tempfile
 
 from axrisi.config import ConfigError, Settings
 
@@ -20,6 +22,15 @@ except ConfigError as _error:
 if _settings.development and not _settings.jwt_secret_key and not _settings.jwt_public_key:
     # One secret for every worker of this run, inherited through fork.
     os.environ["JWT_SECRET_KEY"] = secrets.token_urlsafe(48)
+
+# prometheus-client's multiprocess mode: every worker writes its samples to files here, and
+# /metrics aggregates them. A fresh directory per run (or the operator's, emptied at start).
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(_stale)
+else:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="axrisi-metrics-")
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.web_concurrency
@@ -38,12 +49,15 @@ accesslog = None
 
 
 def post_worker_init(worker):
-    """In development mode, print a token to try the API with (from the first worker only)."""
+    """Drain on SIGTERM; in development mode, print a token to try the API with (once)."""
+    from axrisi.lifecycle import watch_worker
+
+    app = worker.wsgi
+    watch_worker(worker, app.extensions["axrisi.lifecycle"])
     if not _settings.development or worker.age != 1:
         return
     from axrisi.auth import mint_token
 
-    app = worker.wsgi
     with app.app_context():
         token = mint_token("dev")
     sys.stderr.write(
@@ -53,3 +67,11 @@ def post_worker_init(worker):
         f"-d '{{\"command\": \"summarize\", \"text\": \"...\"}}' "
         f"http://127.0.0.1:{_settings.port}/api/run\n\n"
     )
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (what prometheus_client.multiprocess.mark_process_dead
+    does; importing prometheus_client here would import ssl in the master, before gevent)."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for path in glob.glob(os.path.join(directory, f"gauge_live*_{worker.pid}.db")):
+        os.remove(path)

@@ -21,9 +21,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; raises :class:`axrisi.config.ConfigError` for an invalid setting."""
     from flask import Flask
 
-    from . import api, auth, cli, errors, quotas
+    from . import api, auth, cli, errors, metrics, ops, quotas, requestlog
     from .config import Settings
     from .ids import IdAllocator, LocalIds, SharedIds
+    from .lifecycle import Lifecycle
     from .providers import build_provider
     from .resume import RedisEvents
     from .shared import SharedStore
@@ -32,9 +33,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.extensions["axrisi.settings"] = settings
+    requestlog.init_app(app)
     errors.init_app(app)
     auth.init_app(app, settings)
     store = SharedStore(settings.redis_url) if settings.redis_url else None
+    if store is not None:
+        metrics.REDIS_UP.set(1)
+        store.listeners.append(lambda up: metrics.REDIS_UP.set(1 if up else 0))
     app.extensions["axrisi.shared"] = store
     limits_ = quotas.Quotas(settings, store)
     app.extensions["axrisi.quotas"] = limits_
@@ -64,6 +69,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         on_end=stream_ended,
         mirror=mirror,
     )
+    registry = app.extensions["axrisi.streams"]
+    app.extensions["axrisi.lifecycle"] = Lifecycle(registry, settings.max_streams)
     app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
+    from . import cors, web  # the browser side: CORS for /api/*, the demo page at /
+
+    cors.init_app(app, settings)
+    app.register_blueprint(web.bp)
     cli.init_app(app)
     return app

@@ -1,21 +1,26 @@
 """The HTTP API blueprint: requests in, validation, responses out.
 
-Views stay thin: authentication (``auth``), validation (``validation``), then the stream
-registry and the relay (``streams``, ``streaming``). Nothing imports this module.
+Views stay thin: authentication (``auth``), limits (``quotas``, ``lifecycle``), validation
+(``validation``), then the stream registry and the relays (``streams``, ``streaming``). Nothing
+imports this module.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from collections.abc import Callable
 
-from .auth import authenticated, current_user
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from . import requestlog
+from .auth import authenticated, current_user, user_key
 from .commands import public_catalog
 from .config import Settings
 from .errors import ApiError
-from .quotas import Quotas, rate_limiter, user_key
+from .lifecycle import Lifecycle
+from .quotas import Quotas, rate_limiter
 from .resume import RedisEvents, not_found, parse_stream_id, resume_position
 from .streaming import relay, relay_remote, sse_response
-from .streams import StreamRegistry
+from .streams import Stream, StreamRegistry
 from .validation import parse_run_request
 
 bp = Blueprint("api", __name__)
@@ -37,14 +42,12 @@ def _quotas() -> Quotas:
     return current_app.extensions["axrisi.quotas"]  # type: ignore[no-any-return]
 
 
+def _lifecycle() -> Lifecycle:
+    return current_app.extensions["axrisi.lifecycle"]  # type: ignore[no-any-return]
+
+
 def _rate_limit() -> str:
     return _settings().rate_limit
-
-
-@bp.get("/healthz")
-def healthz() -> Response:
-    """Liveness: the process answers."""
-    return jsonify(status="ok")
 
 
 @bp.get("/api/commands")
@@ -61,6 +64,7 @@ def run() -> Response:
     """Authenticate, count the request, validate, admit, then relay the stream as SSE."""
     settings = _settings()
     run_request = parse_run_request(request, settings.max_text_chars, settings.max_body_bytes)
+    _lifecycle().admit()
     registry = _registry()
     quotas = _quotas()
     lease = quotas.admit(current_user())
@@ -69,10 +73,10 @@ def run() -> Response:
     except BaseException:
         quotas.slots.release(lease)
         raise
-    body = relay(registry, stream, 0, request.environ.get("gunicorn.socket"),
-                 heartbeat=settings.heartbeat_seconds,
-                 send_timeout=settings.send_timeout_seconds)
-    return sse_response(body)
+    return _stream_response(relay(registry, stream, 0, request.environ.get("gunicorn.socket"),
+                                  heartbeat=settings.heartbeat_seconds,
+                                  send_timeout=settings.send_timeout_seconds,
+                                  on_close=_log_at_close(stream)))
 
 
 @bp.get("/api/streams/<stream_id>")
@@ -91,20 +95,45 @@ def resume(stream_id: str) -> Response:
         if stream.owner_key != owner:
             raise not_found()
         _check_position(position, stream.log.base, stream.log.next_seq)
-        return sse_response(relay(registry, stream, position, socket,
-                                  heartbeat=settings.heartbeat_seconds,
-                                  send_timeout=settings.send_timeout_seconds))
+        return _stream_response(relay(registry, stream, position, socket,
+                                      heartbeat=settings.heartbeat_seconds,
+                                      send_timeout=settings.send_timeout_seconds,
+                                      on_close=_log_at_close(stream)))
     mirror = _mirror()
     if mirror is None or mirror.owner(number) != owner:
         raise not_found()
-    first_kept = mirror.first_kept_seq(number)
-    if first_kept is None:
-        raise not_found()
+    # None: the owner is known but no event has reached Redis yet (writes are batched).
+    first_kept = mirror.first_kept_seq(number) or 0
     _check_position(position, first_kept, None)
-    return sse_response(relay_remote(mirror, number, position, socket,
-                                     heartbeat=settings.heartbeat_seconds,
-                                     send_timeout=settings.send_timeout_seconds,
-                                     grace=settings.resume_grace_seconds))
+    return _stream_response(relay_remote(mirror, number, position, socket,
+                                         heartbeat=settings.heartbeat_seconds,
+                                         send_timeout=settings.send_timeout_seconds,
+                                         grace=settings.resume_grace_seconds,
+                                         on_close=_log_at_close(None)))
+
+
+def _stream_response(body: object) -> Response:
+    g.axrisi_streaming = True  # the access line is written when the connection ends
+    return sse_response(body)  # type: ignore[arg-type]
+
+
+def _log_at_close(stream: Stream | None) -> Callable[[], None]:
+    """The access-log line for a stream connection, bound now, written when it closes."""
+    request_id, method, path = g.request_id, request.method, request.path
+    user_hash, started = g.axrisi_user_hash, g.request_started
+
+    def write() -> None:
+        generation = stream.generation if stream is not None else None
+        requestlog.stream_line(
+            request_id, method, path, user_hash,
+            command=stream.command if stream is not None else None,
+            started=started,
+            outcome=(generation.outcome or "client_gone") if generation else "relayed",
+            first_token_at=generation.first_content_at if generation else None,
+            tokens=generation.content_pieces if generation else 0,
+        )
+
+    return write
 
 
 def _check_position(position: int, first_kept: int, next_seq: int | None) -> None:
@@ -115,3 +144,5 @@ def _check_position(position: int, first_kept: int, next_seq: int | None) -> Non
     if position < first_kept:
         raise ApiError(404, "not_found",
                        "The events after that id are no longer kept; start a new stream.")
+
+

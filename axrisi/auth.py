@@ -10,6 +10,7 @@ which check failed. The check runs before the body is read, and nothing is charg
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -49,10 +50,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         app.config["JWT_SECRET_KEY"] = None
     else:
         app.config["JWT_SECRET_KEY"] = settings.jwt_secret_key or secrets.token_urlsafe(48)
-    if settings.jwt_audience:
+    if settings.jwt_audience:  # checked on every token, and put in the ones we mint
         app.config["JWT_DECODE_AUDIENCE"] = settings.jwt_audience
+        app.config["JWT_ENCODE_AUDIENCE"] = settings.jwt_audience
     if settings.jwt_issuer:
         app.config["JWT_DECODE_ISSUER"] = settings.jwt_issuer
+        app.config["JWT_ENCODE_ISSUER"] = settings.jwt_issuer
     manager = JWTManager(app)
     manager.token_verification_loader(_claims_are_complete)
 
@@ -61,6 +64,11 @@ def _claims_are_complete(_header: dict[str, Any], data: dict[str, Any]) -> bool:
     """``exp`` is required and ``sub`` must be a non-empty string."""
     sub = data.get("sub")
     return "exp" in data and isinstance(sub, str) and bool(sub)
+
+
+def user_key(user: str) -> str:
+    """A stable, fixed-length key for a user: no raw ``sub`` in Redis keys or logs."""
+    return hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
 def current_user() -> str:
@@ -83,6 +91,7 @@ def authenticated(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         g.axrisi_user = authenticate()
+        g.axrisi_user_hash = user_key(g.axrisi_user)[:16]
         return view(*args, **kwargs)
 
     return cast(F, wrapper)

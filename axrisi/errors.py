@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from flask import Flask, Response
+from flask import Flask, Response, g, has_request_context
 from werkzeug.exceptions import HTTPException
 
 from . import jsonutil
+from .metrics import REJECTIONS, STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,23 @@ class Unauthorized(ApiError):
 
 def json_error(status: int, code: str, message: str,
                headers: Mapping[str, str] | None = None) -> Response:
-    """Build an error response in the contract's shape."""
+    """Build an error response in the contract's shape (and note its code for logs/metrics)."""
+    _note(status, code)
     response = Response(jsonutil.dumps({"error": message, "code": code}), status=status,
                         mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def _note(status: int, code: str) -> None:
+    if not has_request_context():
+        return
+    g.axrisi_error_code = code
+    if status in (429, 503):
+        REJECTIONS.labels(code).inc()
+        if status == 429:
+            STREAMS.labels("limited").inc()
 
 
 def init_app(app: Flask) -> None:

@@ -52,6 +52,7 @@ class Generation:
         self.upstream_timeout = upstream_timeout
         self.on_end = on_end
         self.outcome: str | None = None
+        self.error_kind: str | None = None
         self.finish: Finish | None = None
         self.content_pieces = 0
         self.first_content_at: float | None = None
@@ -92,11 +93,14 @@ class Generation:
             items = self.provider.stream(self.prompt)
             self._relay(items)
         except Interrupted as stop:
+            if stop.code == "upstream_timeout":
+                self.error_kind = "timeout"
             self._end(stop.code, {"error": stop.message, "code": stop.code})
         except GreenletExit:
             self._end("cancelled", {"error": "The stream was cancelled.", "code": "cancelled"})
             raise
         except ProviderError as error:
+            self.error_kind = error.kind
             self._end(error.code, {"error": error.message, "code": error.code})
         except Exception:
             log.exception("generation failed")
@@ -124,7 +128,8 @@ class Generation:
                 self.finish = item
                 self._end("done", _done_payload(item))
                 return
-        raise ProviderError("upstream_error", "The model service ended the stream early.")
+        raise ProviderError("upstream_error", "The model service ended the stream early.",
+                            "ended_early")
 
     def _end(self, outcome: str, payload: dict[str, Any]) -> None:
         if self.outcome is not None:

@@ -20,7 +20,6 @@ The user is the JWT's ``sub``, never the IP. Each limit lives in Redis when ``RE
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -36,6 +35,7 @@ import limits.strategies
 from flask import Flask, Response, g
 from flask_limiter import Limiter, RateLimitExceeded
 
+from .auth import user_key
 from .config import Settings
 from .errors import ApiError, json_error
 from .shared import SharedStore, redis_options
@@ -61,11 +61,6 @@ local renewed = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]),
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
 return renewed
 """
-
-
-def user_key(user: str) -> str:
-    """A stable, fixed-length key for a user: no raw ``sub`` in Redis keys or logs."""
-    return hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
 @dataclass(eq=False)

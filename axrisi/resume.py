@@ -140,7 +140,7 @@ class RedisEvents:
             reply = self.reader.xread({key: last}, count=1000,
                                       block=max(1, int(block_seconds * 1000)))
             if not reply:
-                if not self.reader.exists(key):
+                if not self.reader.exists(key, owner_key(stream_id)):
                     return
                 yield None
                 continue

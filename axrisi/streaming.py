@@ -17,7 +17,7 @@ stopped reading (the same, after the send timeout), or gunicorn closed the itera
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -73,7 +73,8 @@ def _written(chunks: Iterator[bytes], watch: ClientWatch | None) -> Iterator[byt
 
 
 def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket: Any,
-          heartbeat: float, send_timeout: float) -> Iterator[bytes]:
+          heartbeat: float, send_timeout: float,
+          on_close: Callable[[], None] | None = None) -> Iterator[bytes]:
     """Yield a local stream's SSE bytes from ``position`` until its terminal event."""
     registry.attach(stream)
     try:
@@ -81,6 +82,8 @@ def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket
             yield from _written(_local_frames(stream, position, heartbeat), watch)
     finally:
         registry.detach(stream)
+        if on_close is not None:
+            on_close()
 
 
 def _local_frames(stream: Stream, position: int, heartbeat: float) -> Iterator[bytes]:
@@ -111,7 +114,8 @@ def _local_frames(stream: Stream, position: int, heartbeat: float) -> Iterator[b
 
 
 def relay_remote(mirror: RedisEvents, stream_id: int, position: int, client_socket: Any,
-                 heartbeat: float, send_timeout: float, grace: float) -> Iterator[bytes]:
+                 heartbeat: float, send_timeout: float, grace: float,
+                 on_close: Callable[[], None] | None = None) -> Iterator[bytes]:
     """Yield another process's stream from Redis, from ``position`` until its terminal event."""
     try:
         with _watched(client_socket, send_timeout) as watch:
@@ -119,6 +123,8 @@ def relay_remote(mirror: RedisEvents, stream_id: int, position: int, client_sock
                                 watch)
     finally:
         mirror.clear_attached(stream_id)
+        if on_close is not None:
+            on_close()
 
 
 def _remote_frames(mirror: RedisEvents, stream_id: int, position: int, heartbeat: float,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from . import metrics
 from .commands import CATALOG, RunRequest
 from .eventlog import EventLog
 from .generation import Generation
@@ -49,6 +50,7 @@ class Stream:
     lease: object | None = None
     clients: int = 0
     ended_at: float | None = None
+    cancel_requested_at: float | None = None
     _grace_timer: gevent.Greenlet | None = field(default=None, repr=False)
 
 
@@ -95,6 +97,7 @@ class StreamRegistry:
         stream = Stream(stream_id, user, owner, request.command, event_log, generation, lease)
         generation.on_end = lambda _g: self._ended(stream)
         self.running[stream_id] = stream
+        metrics.stream_started()
         generation.start()
         return stream
 
@@ -116,7 +119,7 @@ class StreamRegistry:
         if stream.clients > 0 or not stream.generation.running:
             return
         if self.retention.grace_seconds <= 0:
-            stream.generation.interrupt("cancelled", CANCELLED_MESSAGE)
+            self._cancel(stream)
         elif stream._grace_timer is None:
             stream._grace_timer = gevent.spawn_later(self.retention.grace_seconds,
                                                      self._grace_over, stream)
@@ -129,6 +132,11 @@ class StreamRegistry:
             stream._grace_timer = gevent.spawn_later(self.retention.grace_seconds,
                                                      self._grace_over, stream)
             return
+        self._cancel(stream)
+
+    @staticmethod
+    def _cancel(stream: Stream) -> None:
+        stream.cancel_requested_at = time.monotonic()
         stream.generation.interrupt("cancelled", CANCELLED_MESSAGE)
 
     @staticmethod
@@ -141,12 +149,25 @@ class StreamRegistry:
         prompt = generation.prompt
         return math.ceil((len(prompt.system) + len(prompt.user)) / 4) + generation.content_pieces
 
+    @staticmethod
+    def tokens_out(stream: Stream) -> int:
+        """Output tokens: the upstream's count where reported, else the content pieces."""
+        finish = stream.generation.finish
+        if finish is not None and finish.usage is not None:
+            return finish.usage.completion_tokens
+        return stream.generation.content_pieces
+
     def _ended(self, stream: Stream) -> None:
         self.running.pop(stream.id, None)
         if stream._grace_timer is not None:
             stream._grace_timer.kill(block=False)
             stream._grace_timer = None
         stream.ended_at = time.monotonic()
+        generation = stream.generation
+        metrics.stream_ended(generation.outcome or "internal", generation.started_at,
+                             generation.first_content_at, stream.ended_at,
+                             self.tokens_out(stream), generation.error_kind,
+                             stream.cancel_requested_at)
         self.finished[stream.id] = stream
         self.finished_bytes += stream.log.size
         self._expire()

@@ -58,10 +58,12 @@ class ProviderError(Exception):
     ``message`` must already be safe to send: no key, no upstream address, no upstream body.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, kind: str = "error") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.kind = kind
+        """For metrics: status_4xx, status_5xx, rate_limited, timeout, connection, ..."""
 
 
 StreamItem = str | Finish

@@ -73,11 +73,12 @@ class OpenAIProvider:
         except openai.APIStatusError as error:
             raise _status_error(error.status_code) from None
         except openai.APITimeoutError:
-            raise ProviderError("upstream_timeout", "The model service did not answer in time.") \
-                from None
+            raise ProviderError("upstream_timeout", "The model service did not answer in time.",
+                                "timeout") from None
         except (openai.APIConnectionError, httpx2.TransportError):
             raise ProviderError("upstream_error",
-                                "The connection to the model service failed.") from None
+                                "The connection to the model service failed.",
+                                "connection") from None
         finally:
             if response is not None:
                 response.close()
@@ -96,11 +97,14 @@ class OpenAIProvider:
 def _status_error(status: int) -> ProviderError:
     if status == 429:
         return ProviderError("upstream_error",
-                             "The model service is busy (rate limited); try again shortly.")
+                             "The model service is busy (rate limited); try again shortly.",
+                             "rate_limited")
     if status in (401, 403):
         return ProviderError("upstream_error",
-                             "The model service refused this server's credentials.")
-    return ProviderError("upstream_error", f"The model service answered with an error ({status}).")
+                             "The model service refused this server's credentials.", "auth")
+    kind = "status_5xx" if status >= 500 else "status_4xx"
+    return ProviderError("upstream_error", f"The model service answered with an error ({status}).",
+                         kind)
 
 
 class _Reader:
@@ -128,7 +132,8 @@ class _Reader:
             if content:
                 yield content
         if self.finish_reason is None and not self.done:
-            raise ProviderError("upstream_error", "The model service ended the stream early.")
+            raise ProviderError("upstream_error", "The model service ended the stream early.",
+                                "ended_early")
         yield self._finish()
 
     def _finish(self) -> Finish:
@@ -162,11 +167,13 @@ class _Reader:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
             raise ProviderError("upstream_error",
-                                "The model service sent a malformed response.") from None
+                                "The model service sent a malformed response.",
+                                "malformed") from None
         if not isinstance(message, dict):
             return None
         if message.get("error") is not None:
-            raise ProviderError("upstream_error", "The model service reported an error.")
+            raise ProviderError("upstream_error", "The model service reported an error.",
+                                "in_stream_error")
         return self._on_chunk(message)
 
     def _on_chunk(self, message: dict[str, Any]) -> str | None:

@@ -1,0 +1,69 @@
+"""Prometheus metrics, correct with several gunicorn workers (multiprocess mode).
+
+``gunicorn.conf.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers
+fork; each worker writes its samples there and ``/metrics`` aggregates all of them. Metrics are
+created once, at import, so that building the app twice (tests) does not register them twice.
+Nothing here runs per token: streams are counted when they start and end.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+OPEN_STREAMS = Gauge("axrisi_open_streams", "Streams generating now, per worker summed.",
+                     multiprocess_mode="livesum")
+STREAMS = Counter("axrisi_streams_total", "Streams by how they ended.", ["outcome"])
+TIME_TO_FIRST_TOKEN = Histogram("axrisi_time_to_first_token_seconds",
+                                "From the stream's start to the model's first content.",
+                                buckets=_LATENCY_BUCKETS)
+STREAM_DURATION = Histogram("axrisi_stream_duration_seconds",
+                            "From the stream's start to its terminal event.",
+                            buckets=_DURATION_BUCKETS)
+TOKENS = Counter("axrisi_tokens_relayed_total",
+                 "Model output tokens relayed (upstream usage, or content pieces without it).")
+CANCELLATIONS = Counter("axrisi_cancellations_total",
+                        "Streams cancelled because their client left or stopped reading.")
+CANCELLATION_SECONDS = Histogram("axrisi_cancellation_seconds",
+                                 "From noticing the client left to the upstream closed.",
+                                 buckets=_LATENCY_BUCKETS)
+UPSTREAM_ERRORS = Counter("axrisi_upstream_errors_total", "Upstream failures by kind.", ["kind"])
+REJECTIONS = Counter("axrisi_rejections_total", "Requests refused with 429 or 503, by code.",
+                     ["code"])
+REDIS_UP = Gauge("axrisi_redis_up", "1 while Redis answers, 0 while limits are per process.",
+                 multiprocess_mode="min")
+
+
+def registry() -> CollectorRegistry:
+    """Every worker's samples in multiprocess mode; this process's registry otherwise."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    collected = CollectorRegistry()
+    MultiProcessCollector(collected)
+    return collected
+
+
+def stream_started() -> None:
+    """A stream began generating in this worker."""
+    OPEN_STREAMS.inc()
+
+
+def stream_ended(outcome: str, started: float, first_content_at: float | None, ended: float,
+                 tokens: int, error_kind: str | None, cancel_requested_at: float | None) -> None:
+    """Everything a stream's end tells the metrics, recorded once, off the per-token path."""
+    OPEN_STREAMS.dec()
+    STREAMS.labels("client_gone" if outcome == "cancelled" else outcome).inc()
+    STREAM_DURATION.observe(ended - started)
+    if first_content_at is not None:
+        TIME_TO_FIRST_TOKEN.observe(first_content_at - started)
+    TOKENS.inc(tokens)
+    if error_kind is not None:
+        UPSTREAM_ERRORS.labels(error_kind).inc()
+    if cancel_requested_at is not None:
+        CANCELLATIONS.inc()
+        CANCELLATION_SECONDS.observe(ended - cancel_requested_at)

@@ -1,0 +1,45 @@
+"""Operator endpoints: liveness, readiness and Prometheus metrics.
+
+``/healthz`` answers while the process serves (draining included); ``/readyz`` says 503 once
+draining starts; ``/metrics`` is open, or wants ``AXRISI_METRICS_TOKEN`` as a bearer token when
+that is set (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import metrics
+from .errors import Unauthorized
+from .lifecycle import Lifecycle
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the process answers, draining or not."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response | tuple[Response, int]:
+    """Readiness: 200 while taking new streams, 503 once draining."""
+    lifecycle: Lifecycle = current_app.extensions["axrisi.lifecycle"]
+    if lifecycle.draining:
+        return jsonify(status="draining"), 503
+    return jsonify(status="ready")
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    """The Prometheus text format, aggregated over every worker."""
+    token = current_app.extensions["axrisi.settings"].metrics_token
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized()
+    return Response(generate_latest(metrics.registry()), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,91 @@
+"""One JSON log line per request, at its end, and the ``X-Request-ID`` that ties them together.
+
+The line holds the request id, a hash of the user, the command, the status, the outcome, the
+time to first token, the duration and the tokens: enough to follow a complaint, and never the
+text, the output, a token or a key. For a stream, "its end" is when the connection ends, so the
+relay writes the line from its ``finally`` (:func:`stream_line`); other requests are logged in
+``after_request``. A client's own ``X-Request-ID`` is echoed when it is sane (short, plain
+characters), so that it can be followed through proxies; otherwise a new one is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from . import jsonutil
+
+access_log = logging.getLogger("axrisi.access")
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes a record's ``fields`` as one compact JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None) or {"message": record.getMessage()}
+        return jsonutil.dumps({"time": round(record.created, 3), **fields}).decode()
+
+
+def init_app(app: Flask) -> None:
+    """Install the request-id hooks and the JSON line handler (once per process)."""
+    if not access_log.handlers:
+        access_log.addHandler(JsonLineHandler(sys.stderr))
+        access_log.setLevel(logging.INFO)
+        access_log.propagate = False
+
+    @app.before_request
+    def _start() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
+        g.request_started = time.monotonic()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        if not g.get("axrisi_streaming"):
+            emit({
+                "requestId": g.get("request_id"),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "user": g.get("axrisi_user_hash"),
+                "code": g.get("axrisi_error_code"),
+                "durationMs": _ms(time.monotonic() - g.get("request_started", time.monotonic())),
+            })
+        return response
+
+
+def emit(fields: dict[str, Any]) -> None:
+    """Write one line, leaving out the fields that have no value."""
+    access_log.info("request", extra={"fields": {k: v for k, v in fields.items()
+                                                  if v is not None}})
+
+
+def stream_line(request_id: str, method: str, path: str, user_hash: str, command: str | None,
+                started: float, outcome: str, first_token_at: float | None,
+                tokens: int) -> None:
+    """The line for a stream, written when its connection ends."""
+    emit({
+        "requestId": request_id,
+        "method": method,
+        "path": path,
+        "status": 200,
+        "user": user_hash,
+        "command": command,
+        "outcome": outcome,
+        "ttftMs": _ms(first_token_at - started) if first_token_at is not None else None,
+        "durationMs": _ms(time.monotonic() - started),
+        "tokens": tokens,
+    })
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)

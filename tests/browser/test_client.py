@@ -1,0 +1,464 @@
+"""axrisi-client.js in Chromium: in a page, in a dedicated Worker, its SSE parser, its errors and
+its reconnection (against a scripted fetch, until GET /api/streams/<id> exists on the server)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.e2e.servers import Gunicorn
+from tests.fake_upstream import FakeUpstream, Scenario
+
+from .conftest import MAX_TEXT_CHARS, token
+
+pytestmark = pytest.mark.e2e
+
+AWKWARD_TOKENS = ["Héllo", " wörld", " 😀", "👩‍💻", "\n", "line\r\nbreak", "\r", "\n\n",
+                  "data: not an event", "\n\nid: 99\n", ": comment?", "event: error", "中文",
+                  "\u2028", "\t", "\\", "\"", "end"]
+
+
+def unique_key(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def module_page(page: Any, server: Gunicorn) -> None:
+    """A page on the service's origin with the client module loaded as `window.client`."""
+    page.goto(server.url + "/")
+    page.evaluate("async () => { window.client = await import('/static/axrisi-client.js'); }")
+
+
+def test_client_streams_inside_a_dedicated_worker(page: Any, server: Gunicorn,
+                                                  upstream: FakeUpstream) -> None:
+    """In a dedicated Worker (no DOM) the module streams and gets the exact content."""
+    key = unique_key("worker")
+    upstream.add_scenario(key, Scenario(tokens=AWKWARD_TOKENS, delay=0.005))
+    # A page with no CSP on the service's origin, so that a Blob worker may start; the worker
+    # imports the module from the service's origin like any other origin-bound script.
+    page.goto(server.url + "/healthz")
+    result = page.evaluate(
+        """async ({origin, token, text}) => {
+            const source = `
+              self.onmessage = async ({data}) => {
+                try {
+                  const client = await import(data.origin + '/static/axrisi-client.js');
+                  const pieces = [];
+                  const result = await client.streamCommand({
+                    baseUrl: data.origin, token: data.token, command: 'summarize',
+                    text: data.text, title: 'Worker', onContent: (piece) => pieces.push(piece),
+                  });
+                  self.postMessage({ok: true, result, pieces,
+                    hasDom: typeof document !== 'undefined' || typeof window !== 'undefined'});
+                } catch (e) {
+                  self.postMessage({ok: false, error: String(e && (e.stack || e.message || e))});
+                }
+              };`;
+            const url = URL.createObjectURL(new Blob([source], {type: 'text/javascript'}));
+            const worker = new Worker(url);
+            const answer = await new Promise((resolve) => {
+              worker.onmessage = (event) => resolve(event.data);
+              worker.onerror = (event) => resolve({ok: false, error: event.message});
+              worker.postMessage({origin, token, text});
+            });
+            worker.terminate();
+            return answer;
+        }""",
+        {"origin": server.url, "token": token(), "text": f"Worker text {key}"},
+    )
+    assert result["ok"], result.get("error")
+    assert result["hasDom"] is False
+    assert result["result"]["content"] == "".join(AWKWARD_TOKENS)
+    assert result["result"]["title"] == "Summary of Worker"
+    assert isinstance(result["result"]["commandId"], int)
+    assert "".join(result["pieces"]) == "".join(AWKWARD_TOKENS)
+
+
+def test_stream_events_iterator_yields_every_event_once(page: Any, server: Gunicorn,
+                                                        upstream: FakeUpstream) -> None:
+    """streamEvents yields parsed {id, event, data} events, ids increasing, ending with done."""
+    key = unique_key("iter")
+    upstream.add_scenario(key, Scenario(tokens=["a", "b", "c"], delay=0.03))
+    module_page(page, server)
+    events = page.evaluate(
+        """async ({token, text}) => {
+            const out = [];
+            for await (const e of client.streamEvents({token, command: 'summarize', text})) {
+              out.push(e);
+            }
+            return out;
+        }""",
+        {"token": token(), "text": f"Iterate {key}"},
+    )
+    assert set(events[0]) == {"id", "event", "data"}
+    payloads = [json.loads(e["data"]) for e in events]
+    assert "title" in payloads[0] and payloads[-1]["done"] is True
+    assert "".join(p.get("content", "") for p in payloads) == "abc"
+    stream = str(payloads[0]["commandId"])
+    numbers = [int(e["id"].rsplit("-", 1)[1]) for e in events]
+    assert all(e["id"].rsplit("-", 1)[0] == stream for e in events)
+    assert numbers == sorted(set(numbers))
+
+
+def test_http_errors_surface_code_and_sentence(page: Any, server: Gunicorn) -> None:
+    """Non-2xx answers reject with {status, code, error} from the JSON body and call onError."""
+    module_page(page, server)
+    outcomes = page.evaluate(
+        """async ({good, longText}) => {
+            const attempt = async (options) => {
+              const seen = [];
+              try {
+                await client.streamCommand({command: 'summarize', text: 'x',
+                                            onError: (e) => seen.push(e.code), ...options});
+                return {ok: true};
+              } catch (e) {
+                return {name: e.name, status: e.status, code: e.code, error: e.error,
+                        retryAfter: e.retryAfter, isError: e instanceof Error,
+                        isAxrisi: e instanceof client.AxrisiError, seen};
+              }
+            };
+            return {
+              badToken: await attempt({token: 'not.a.jwt'}),
+              noToken: await attempt({token: ''}),
+              tooLarge: await attempt({token: good, text: longText}),
+              unknownCommand: await attempt({token: good, command: 'dance'}),
+              missingLanguage: await attempt({token: good, command: 'translate'}),
+            };
+        }""",
+        {"good": token(), "longText": "x" * (MAX_TEXT_CHARS + 1)},
+    )
+    bad = outcomes["badToken"]
+    assert bad == {"name": "AxrisiError", "status": 401, "code": "unauthorized",
+                   "error": "Unauthorized", "retryAfter": None, "isError": True,
+                   "isAxrisi": True, "seen": ["unauthorized"]}
+    assert outcomes["noToken"]["code"] == "unauthorized"
+    assert outcomes["tooLarge"]["status"] == 413
+    assert outcomes["tooLarge"]["code"] == "too_large"
+    assert str(MAX_TEXT_CHARS) in outcomes["tooLarge"]["error"]
+    assert outcomes["unknownCommand"]["code"] == "unknown_command"
+    assert outcomes["missingLanguage"]["code"] == "invalid_request"
+    assert "language" in outcomes["missingLanguage"]["error"]
+
+
+def test_error_event_calls_on_error_with_command_id(page: Any, server: Gunicorn,
+                                                    upstream: FakeUpstream) -> None:
+    """A terminal `event: error` calls onError with {code, error, commandId} and rejects."""
+    key = unique_key("upstream500")
+    upstream.add_scenario(key, Scenario(status=500))
+    module_page(page, server)
+    outcome = page.evaluate(
+        """async ({token, text}) => {
+            let seen = null, title = null;
+            try {
+              await client.streamCommand({token, command: 'summarize', text,
+                onTitle: (t, payload) => { title = payload; },
+                onError: (e) => {
+                  seen = {code: e.code, error: e.error, commandId: e.commandId};
+                }});
+              return {ok: true};
+            } catch (e) {
+              return {seen, title, code: e.code, status: e.status, partial: e.partial};
+            }
+        }""",
+        {"token": token(), "text": f"Fail upstream {key}"},
+    )
+    assert outcome["seen"]["code"] == "upstream_error"
+    assert outcome["seen"]["error"] and "sk-upstream-secret" not in outcome["seen"]["error"]
+    assert outcome["seen"]["commandId"] == outcome["title"]["commandId"]
+    assert outcome["code"] == "upstream_error" and outcome["status"] == 200
+    assert outcome["partial"]["content"] == ""
+
+
+def test_stream_processor_buffers_chunks_and_cleans_up(page: Any, server: Gunicorn,
+                                                       upstream: FakeUpstream) -> None:
+    """StreamProcessor.run feeds processChunk; cleanup() aborts and the upstream closes."""
+    done_key, stop_key = unique_key("proc-done"), unique_key("proc-stop")
+    upstream.add_scenario(done_key, Scenario(tokens=["one ", "two ", "three"], delay=0.01))
+    upstream.add_scenario(stop_key, Scenario(tokens=["x "] * 500, delay=0.02))
+    module_page(page, server)
+    finished = page.evaluate(
+        """async ({token, text}) => {
+            const updates = [];
+            const p = new client.StreamProcessor({onUpdate: (t) => updates.push(t)});
+            const result = await p.run({token, command: 'summarize', text});
+            return {buffer: p.buffer, updates, content: result.content};
+        }""",
+        {"token": token(), "text": f"Process {done_key}"},
+    )
+    assert finished["buffer"] == finished["content"] == "one two three"
+    assert finished["updates"][-1] == "one two three" and len(finished["updates"]) >= 1
+    page.evaluate(
+        """({token, text}) => {
+            window.proc = new client.StreamProcessor({onUpdate: () => {}});
+            window.procRun = window.proc.run({token, command: 'summarize', text})
+              .then(() => 'finished', (e) => e.name);
+        }""",
+        {"token": token(), "text": f"Process {stop_key}"},
+    )
+    record = upstream.wait_for_request(stop_key)
+    page.wait_for_function("() => window.proc.buffer.length >= 6")
+    page.evaluate("() => window.proc.cleanup()")
+    assert page.evaluate("() => window.procRun") == "AbortError"
+    assert record.wait_closed(3), "cleanup() did not close the upstream request"
+
+
+# ---- The SSE parser --------------------------------------------------------------------------
+
+PARSER_STREAM = (
+    "\ufeff: a comment right after the byte-order mark\r\n"
+    "retry: 1500\r\n"
+    "retry: 15x0\n"
+    "retry:\n"
+    "id: 1-0\r"
+    "data: first\r\n"
+    "\r\n"
+    "event: title\n"
+    "data: line one\n"
+    "data:line two\n"
+    "data:\n"
+    "data:  two spaces\r"
+    "data : not a data field\n"
+    "\r"
+    "id: 1-2\n"
+    'data: {"content":"😀 héllo 中文 👩‍💻 €"}\n'
+    "\n"
+    "id: bad\u0000id\n"
+    ": ping\r\n"
+    "data: after a NUL id\n"
+    "\n"
+    "event: error\n"
+    "\n"
+    "data: type was reset\n"
+    "\n"
+    "id\n"
+    "data\n"
+    "\n"
+    "unknown: field\n"
+    "data:x\r\n\r\n"
+    "data: never dispatched, no blank line after it"
+)
+PARSER_EXPECTED = [
+    {"id": "1-0", "event": "message", "data": "first"},
+    {"id": "1-0", "event": "title", "data": "line one\nline two\n\n two spaces"},
+    {"id": "1-2", "event": "message", "data": '{"content":"😀 héllo 中文 👩‍💻 €"}'},
+    {"id": "1-2", "event": "message", "data": "after a NUL id"},
+    {"id": "1-2", "event": "message", "data": "type was reset"},
+    {"id": "", "event": "message", "data": ""},
+    {"id": "", "event": "message", "data": "x"},
+]
+
+
+def test_parser_gives_the_same_events_at_every_split(page: Any, server: Gunicorn) -> None:
+    """The same bytes split at every offset (and every pair) parse to identical, correct events."""
+    module_page(page, server)
+    outcome = page.evaluate(
+        """(streamText) => {
+            const bytes = new TextEncoder().encode(streamText);
+            const viaBytes = (chunks) => {
+              const parser = new client.SSEParser();
+              const events = [];
+              for (const c of chunks) events.push(...parser.feedBytes(c));
+              events.push(...parser.feedBytes(null));
+              return {events: JSON.stringify(events), retry: parser.retry};
+            };
+            const viaText = (chunks) => {
+              // The caller's own TextDecoder in stream mode, feeding text.
+              const decoder = new TextDecoder('utf-8');
+              const parser = new client.SSEParser();
+              const events = [];
+              for (const c of chunks) {
+                events.push(...parser.feed(decoder.decode(c, {stream: true})));
+              }
+              events.push(...parser.feed(decoder.decode()));
+              parser.end();
+              return {events: JSON.stringify(events), retry: parser.retry};
+            };
+            const whole = viaBytes([bytes]);
+            const mismatches = [];
+            const check = (label, got) => {
+              if (got.events !== whole.events || got.retry !== whole.retry) mismatches.push(label);
+            };
+            for (let i = 0; i <= bytes.length; i++) {
+              const chunks = [bytes.subarray(0, i), bytes.subarray(i)];
+              check(`bytes@${i}`, viaBytes(chunks));
+              check(`text@${i}`, viaText(chunks));
+            }
+            let pairs = 0;
+            for (let i = 1; i < bytes.length; i++) {
+              for (let j = i + 1; j < bytes.length; j++) {
+                pairs++;
+                check(`bytes@${i},${j}`, viaBytes(
+                  [bytes.subarray(0, i), bytes.subarray(i, j), bytes.subarray(j)]));
+              }
+            }
+            const single = [];
+            for (let i = 0; i < bytes.length; i++) single.push(bytes.subarray(i, i + 1));
+            check('byte-by-byte', viaBytes(single));
+            return {whole: JSON.parse(whole.events), retry: whole.retry, length: bytes.length,
+                    pairs, mismatches: mismatches.slice(0, 20), mismatchCount: mismatches.length};
+        }""",
+        PARSER_STREAM,
+    )
+    assert outcome["whole"] == PARSER_EXPECTED
+    assert outcome["retry"] == 1500
+    assert outcome["mismatchCount"] == 0, outcome["mismatches"]
+    assert outcome["pairs"] > 10_000
+
+
+def test_parser_reports_comments_and_a_crlf_split_gives_one_event(page: Any,
+                                                                   server: Gunicorn) -> None:
+    """eventsource-parser #17: a CR ending one chunk and an LF opening the next end one line."""
+    module_page(page, server)
+    outcome = page.evaluate(
+        """() => {
+            const comments = [];
+            const parser = new client.SSEParser({onComment: (c) => comments.push(c)});
+            const events = [
+              ...parser.feed('data: a\\r'), ...parser.feed('\\n'), ...parser.feed('\\r'),
+              ...parser.feed('\\n: ping\\r'), ...parser.feed(''),
+              ...parser.feed('\\ndata: b\\r\\r'),
+            ];
+            return {events: events.map((e) => e.data), comments};
+        }""")
+    assert outcome == {"events": ["a", "b"], "comments": [" ping"]}
+
+
+# ---- Reconnection, against a scripted fetch ----------------------------------------------------
+
+RECONNECT_HELPERS = """
+  window.sse = (lines) => lines.join('\\n') + '\\n\\n';
+  window.scriptedFetch = (script, calls) => async (url, init) => {
+    calls.push({url, method: init.method, headers: init.headers, at: performance.now()});
+    const step = script.shift();
+    if (!step) throw new TypeError('Failed to fetch');
+    if (step.status && step.status !== 200) {
+      return new Response(JSON.stringify(step.body), {status: step.status,
+        headers: {'Content-Type': 'application/json', ...(step.headers || {})}});
+    }
+    const encoder = new TextEncoder();
+    const chunks = [...step.chunks];
+    // One chunk per pull: an error() in start() would drop the chunks still queued.
+    const body = new ReadableStream({
+      pull(controller) {
+        if (chunks.length) controller.enqueue(encoder.encode(chunks.shift()));
+        else if (step.drop) controller.error(new TypeError('network error'));
+        else controller.close();
+      },
+    });
+    return new Response(body, {status: 200,
+      headers: {'Content-Type': 'text/event-stream; charset=utf-8'}});
+  };
+"""
+
+
+def test_reconnects_with_last_event_id_and_skips_duplicates(page: Any,
+                                                            server: Gunicorn) -> None:
+    """A dropped stream resumes via GET /api/streams/<id> with Last-Event-ID, no duplicates."""
+    module_page(page, server)
+    page.evaluate(f"() => {{ {RECONNECT_HELPERS} }}")
+    outcome = page.evaluate(
+        """async () => {
+            const ev = (n, payload) => sse([`id: 77-${n}`, `data: ${JSON.stringify(payload)}`]);
+            const script = [
+              {chunks: ['retry: 20\\n\\n', ev(0, {title: 'T', commandId: 77}),
+                        ev(1, {content: 'a', commandId: 77}), 'id: 77-2\\ndata: {"cont'],
+               drop: true},
+              {drop: true, chunks: []},
+              {chunks: [ev(1, {content: 'a', commandId: 77}), ev(2, {content: 'b', commandId: 77}),
+                        ev(3, {content: 'c', commandId: 77})]},
+              {chunks: [ev(3, {content: 'c', commandId: 77}), ev(4, {content: 'd', commandId: 77}),
+                        ev(5, {done: true, commandId: 77})]},
+            ];
+            const calls = [], pieces = [], reconnects = [];
+            const result = await client.streamCommand({
+              baseUrl: 'http://axrisi.test', token: 't0k', command: 'summarize', text: 'x',
+              fetch: scriptedFetch(script, calls), maxRetries: 3,
+              onContent: (p) => pieces.push(p),
+              onReconnect: (info) => reconnects.push({attempt: info.attempt, delay: info.delay,
+                                                      lastEventId: info.lastEventId}),
+            });
+            return {content: result.content, pieces, reconnects, commandId: result.commandId,
+              calls: calls.map((c) => ({url: c.url, method: c.method,
+                lastEventId: c.headers['Last-Event-ID'] || null,
+                auth: c.headers.Authorization})),
+              gaps: calls.slice(1).map((c, i) => c.at - calls[i].at)};
+        }""")
+    assert outcome["content"] == "abcd"
+    assert outcome["pieces"] == ["a", "b", "c", "d"]
+    assert outcome["commandId"] == 77
+    assert [(c["method"], c["url"], c["lastEventId"]) for c in outcome["calls"]] == [
+        ("POST", "http://axrisi.test/api/run", None),
+        ("GET", "http://axrisi.test/api/streams/77", "77-1"),
+        ("GET", "http://axrisi.test/api/streams/77", "77-1"),
+        ("GET", "http://axrisi.test/api/streams/77", "77-3"),
+    ]
+    assert all(c["auth"] == "Bearer t0k" for c in outcome["calls"])
+    # The server's retry: 20 ms, doubled after a failed attempt, back to 20 after progress.
+    assert [r["delay"] for r in outcome["reconnects"]] == [20, 40, 20]
+    assert [r["lastEventId"] for r in outcome["reconnects"]] == ["77-1", "77-1", "77-3"]
+    assert outcome["gaps"][0] >= 15 and outcome["gaps"][1] >= 35
+
+
+def test_resume_404_ends_with_not_found_and_retries_are_bounded(page: Any,
+                                                                server: Gunicorn) -> None:
+    """A 404 on resume ends with code not_found; a dead server ends after maxRetries tries."""
+    module_page(page, server)
+    page.evaluate(f"() => {{ {RECONNECT_HELPERS} }}")
+    outcome = page.evaluate(
+        """async () => {
+            const first = {chunks: ['retry: 5\\n\\n',
+                                    sse(['id: 9-0', 'data: {"title":"T","commandId":9}'])],
+                           drop: true};
+            const run = async (script, maxRetries) => {
+              const calls = [], errors = [];
+              try {
+                await client.streamCommand({baseUrl: 'http://axrisi.test', token: 't',
+                  command: 'summarize', text: 'x', fetch: scriptedFetch(script, calls),
+                  maxRetries, onError: (e) => errors.push(e.code)});
+                return {ok: true};
+              } catch (e) {
+                return {code: e.code, status: e.status, error: e.error, errors,
+                        calls: calls.length};
+              }
+            };
+            return {
+              notFound: await run([first, {status: 404,
+                body: {error: 'That stream is gone.', code: 'not_found'}}], 3),
+              exhausted: await run([first], 2),
+              noRetries: await run([first], 0),
+            };
+        }""")
+    assert outcome["notFound"] == {"code": "not_found", "status": 404,
+                                   "error": "That stream is gone.", "errors": ["not_found"],
+                                   "calls": 2}
+    assert outcome["exhausted"]["code"] == "network_error"
+    assert outcome["exhausted"]["errors"] == ["network_error"]
+    assert outcome["exhausted"]["calls"] == 3  # The POST, then two resume attempts.
+    assert outcome["noRetries"]["calls"] == 1
+
+
+def test_abort_during_reconnect_wait_stops_at_once(page: Any, server: Gunicorn) -> None:
+    """Aborting while waiting to reconnect rejects with AbortError and makes no more requests."""
+    module_page(page, server)
+    page.evaluate(f"() => {{ {RECONNECT_HELPERS} }}")
+    outcome = page.evaluate(
+        """async () => {
+            const calls = [], errors = [];
+            const controller = new AbortController();
+            const script = [{chunks: ['retry: 60000\\n\\n',
+                                      sse(['id: 5-0', 'data: {"title":"T","commandId":5}'])],
+                             drop: true}];
+            const started = performance.now();
+            const pending = client.streamCommand({baseUrl: 'http://axrisi.test', token: 't',
+              command: 'summarize', text: 'x', fetch: scriptedFetch(script, calls),
+              signal: controller.signal, onError: (e) => errors.push(e.code),
+              onReconnect: () => setTimeout(() => controller.abort(), 10)});
+            try { await pending; return {ok: true}; }
+            catch (e) { return {name: e.name, calls: calls.length, errors,
+                                elapsed: performance.now() - started}; }
+        }""")
+    assert outcome["name"] == "AbortError"
+    assert outcome["calls"] == 1 and outcome["errors"] == []
+    assert outcome["elapsed"] < 5000

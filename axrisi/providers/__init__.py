@@ -16,7 +16,6 @@ def build_provider(settings: Settings) -> Provider:
             base_url=settings.openai_base_url,
             model=settings.model,
             max_connections=settings.max_streams,
-            read_timeout=settings.upstream_timeout_seconds + 5.0,
         )
     from .local import LocalProvider
 

@@ -42,12 +42,11 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self, api_key: str | None, base_url: str | None, model: str,
-                 max_connections: int, read_timeout: float) -> None:
+                 max_connections: int) -> None:
         self.api_key = api_key or "not-needed"
         self.base_url = base_url
         self.model = model
         self.max_connections = max_connections
-        self.read_timeout = read_timeout
         self._client: openai.OpenAI | None = None
 
     @property
@@ -57,8 +56,10 @@ class OpenAIProvider:
             http_client = openai.DefaultHttpxClient(
                 limits=httpx2.Limits(max_connections=self.max_connections,
                                      max_keepalive_connections=min(self.max_connections, 256)),
-                timeout=httpx2.Timeout(connect=10.0, read=self.read_timeout, write=30.0,
-                                       pool=30.0),
+                # No read timeout: the generation's silence watchdog (one timer per stream)
+                # enforces AXRISI_UPSTREAM_TIMEOUT_SECONDS, and a socket read timeout would
+                # cost a gevent Timeout per network read on the per-token path.
+                timeout=httpx2.Timeout(connect=10.0, read=None, write=30.0, pool=30.0),
             )
             self._client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url,
                                          max_retries=0, http_client=http_client)

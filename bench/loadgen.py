@@ -1,0 +1,837 @@
+"""An asyncio Server-Sent Events load generator: thousands of streams from one process.
+
+Each stream is one TCP connection driven by an ``asyncio.Protocol`` (the event loop's raw
+transport API: no aiohttp, no ``StreamReader`` buffering, no task per connection). It sends one
+``POST`` with a bearer token, parses the HTTP/1.1 response head, decodes the chunked body
+incrementally, splits it into SSE events on blank lines, and reads each ``data:`` line for the
+upstream's send stamps (``t=<monotonic_ns>``, see ``bench/upstream.py``). For every stamp,
+latency = the receive time of the bytes that carried it minus the stamp: relay latency end to
+end, on one clock. Several stamps in one event (a relay that batches tokens) each count.
+
+What it measures per stream: time to first byte (request start to the first response byte),
+time to first token, tokens, latencies, an ``event: error`` if any, how the stream ended.
+
+Scenarios (``--scenario``; the runner passes a JSON plan with ``--plan``):
+
+* ``hold``: open streams at a slow token rate up to each plateau (``--plateaus 1000,5000,10000``),
+  sample the server's process tree at each plateau, then check how many of the streams are still
+  receiving tokens (held);
+* ``steady``: ``--streams`` streams at ``--rate`` tokens/s each, started over ``--stagger``
+  seconds; after ``--warmup`` a ``--window`` of latency and of server CPU (sampled from /proc);
+* ``ramp``: ``steady`` steps with more and more streams (``--steps``) until p99 latency passes
+  ``--p99-limit-ms`` or less than 90% of the offered tokens arrive;
+* ``cancel``: ``--streams`` streams opened over ``--stagger`` seconds, each closed abruptly by
+  the client, half after ``--close-after`` tokens and half before the first token (the upstream
+  is told to stay silent); the close times go out by tag for the runner to match with the
+  upstream's.
+
+Output: one JSON document on stdout; progress on stderr. Every scenario has a hard deadline
+(``--deadline``), after which everything is closed and the partial result printed.
+
+Example (a running service on :8000 with JWT_SECRET_KEY=S, its upstream bench/upstream.py)::
+
+    python bench/loadgen.py --port 8000 --secret S --scenario steady --streams 200 --rate 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import resource
+import sys
+import time
+
+import sample
+
+_ns = time.monotonic_ns
+_STAMP = re.compile(rb"t=(\d{6,20})")
+_CODE = re.compile(rb'"code"\s*:\s*"([a-z_]+)"')
+
+HEAD, BODY, DONE = 0, 1, 2
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[loadgen {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def percentile(sorted_values: list, q: float):
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def summarize_ns(values: list[int]) -> dict:
+    """p50/p90/p99/max in milliseconds of nanosecond samples."""
+    s = sorted(values)
+    out: dict = {"n": len(s)}
+    for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999)):
+        v = percentile(s, q)
+        out[name + "_ms"] = None if v is None else round(v / 1e6, 3)
+    out["max_ms"] = round(s[-1] / 1e6, 3) if s else None
+    return out
+
+
+class Window:
+    """Latency samples and token counts of tokens received while the window is open."""
+
+    __slots__ = ("lat", "tokens")
+
+    def __init__(self) -> None:
+        self.lat: list[int] = []
+        self.tokens = 0
+
+
+class Client(asyncio.Protocol):
+    """One SSE stream over one connection."""
+
+    __slots__ = (
+        "gen", "tag", "request", "transport", "state", "head", "chunked", "left", "skip",
+        "cbuf", "sbuf", "status", "t_start", "t_first", "t_token", "t_last", "t_close",
+        "t_end", "tokens", "error", "code", "done", "complete", "closed", "close_after",
+        "close_delay", "mode", "ended_by",
+    )
+
+    def __init__(self, gen: LoadGen, tag: str, request: bytes) -> None:
+        self.gen = gen
+        self.tag = tag
+        self.request = request
+        self.transport: asyncio.Transport | None = None
+        self.state = HEAD
+        self.head = b""
+        self.chunked = False
+        self.left = 0
+        self.skip = 0
+        self.cbuf = b""
+        self.sbuf = b""
+        self.status = 0
+        self.t_start = 0
+        self.t_first = 0
+        self.t_token = 0
+        self.t_last = 0
+        self.t_close = 0
+        self.t_end = 0
+        self.tokens = 0
+        self.error: str | None = None
+        self.code: str | None = None
+        self.done = False
+        self.complete = False
+        self.closed = False
+        self.close_after: int | None = None
+        self.close_delay: float | None = None
+        self.mode = ""
+        self.ended_by = ""
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+        if self.close_delay is not None:
+            self.gen.loop.call_later(self.close_delay, self.abrupt_close)
+
+    def data_received(self, data: bytes) -> None:
+        now = _ns()
+        if not self.t_first:
+            self.t_first = now
+        if self.state == HEAD:
+            data = self._head(data)
+            if not data:
+                return
+        if self.chunked:
+            self._chunked(data, now)
+        else:
+            self._sse(data, now)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.t_end = _ns()
+        if not self.complete and not self.t_close:
+            self.ended_by = "server_closed" if exc is None else f"reset: {exc}"
+            if self.error is None and not self.done:
+                self.error = "closed early"
+        self.gen.on_closed(self)
+
+    # parsing
+
+    def _head(self, data: bytes) -> bytes:
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            return b""
+        head, rest = self.head[:end], self.head[end + 4:]
+        self.head = b""
+        try:
+            self.status = int(head[9:12])
+        except ValueError:
+            self.status = -1
+        lower = head.lower()
+        self.chunked = b"transfer-encoding: chunked" in lower
+        self.state = BODY
+        if self.status != 200:
+            self.error = f"http {self.status}"
+            self.code = (m.group(1).decode() if (m := _CODE.search(rest)) else None)
+            self.close()
+            return b""
+        return rest
+
+    def _chunked(self, data: bytes, now: int) -> None:
+        buf = self.cbuf + data if self.cbuf else data
+        pos, n = 0, len(buf)
+        out = []
+        while pos < n:
+            if self.skip:
+                step = min(self.skip, n - pos)
+                pos += step
+                self.skip -= step
+                continue
+            if self.left:
+                step = min(self.left, n - pos)
+                out.append(buf[pos:pos + step])
+                pos += step
+                self.left -= step
+                if not self.left:
+                    self.skip = 2
+                continue
+            nl = buf.find(b"\r\n", pos)
+            if nl < 0:
+                break
+            try:
+                size = int(buf[pos:nl].split(b";", 1)[0], 16)
+            except ValueError:
+                self.error = "bad chunk size"
+                self.close()
+                return
+            pos = nl + 2
+            if size == 0:
+                self.complete = True
+                self.state = DONE
+                pos = n
+                break
+            self.left = size
+        self.cbuf = buf[pos:] if pos < n else b""
+        if out:
+            self._sse(out[0] if len(out) == 1 else b"".join(out), now)
+        if self.complete:
+            self.gen.on_complete(self)
+            self.close()
+
+    def _sse(self, data: bytes, now: int) -> None:
+        buf = self.sbuf + data if self.sbuf else data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self.sbuf = buf
+            return
+        self.sbuf = buf[end + 2:]
+        tokens = 0
+        for event in buf[:end].split(b"\n\n"):
+            name = b""
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    stamps = _STAMP.findall(line)
+                    if stamps:
+                        tokens += len(stamps)
+                        self.gen.on_stamps(stamps, now)
+                    elif b'"done"' in line or line.endswith(b"[DONE]"):
+                        self.done = True
+                    elif name == b"error" and self.error is None:
+                        self.error = "error event"
+                        m = _CODE.search(line)
+                        self.code = m.group(1).decode() if m else None
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip()
+        if tokens:
+            if not self.t_token:
+                self.t_token = now
+            self.t_last = now
+            self.tokens += tokens
+            if self.close_after is not None and self.tokens >= self.close_after:
+                self.abrupt_close()
+
+    # closing
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abrupt_close(self) -> None:
+        """The client goes away mid-stream: note the time, close the socket."""
+        if self.closed or self.complete or self.t_close:
+            return
+        self.t_close = _ns()
+        self.ended_by = "client_closed"
+        self.close()
+
+    def summary(self) -> dict:
+        return {
+            "tag": self.tag, "status": self.status, "tokens": self.tokens,
+            "ttfb_ms": (self.t_first - self.t_start) / 1e6 if self.t_first else None,
+            "error": self.error, "code": self.code, "complete": self.complete,
+        }
+
+
+class LoadGen:
+    def __init__(self, plan: dict) -> None:
+        self.plan = plan
+        self.loop = asyncio.get_running_loop()
+        self.host = plan.get("host", "127.0.0.1")
+        self.port = int(plan["port"])
+        self.kind = plan.get("kind", "service")
+        self.token = plan.get("token", "")
+        self.run_id = plan.get("run_id") or f"{os.getpid():x}{random.randrange(1 << 16):04x}"
+        self.window: Window | None = None
+        self.tokens_total = 0
+        self.clients: list[Client] = []
+        self.open_clients: set[Client] = set()
+        self.completed = 0
+        self.lag: list[int] = []
+        self.lag_recording = False
+        self.sample_pid = plan.get("sample_pid")
+        self.upstream_pid = plan.get("upstream_pid")
+        self.connect_timeout = float(plan.get("connect_timeout", 60))
+        self.connect_errors: dict[str, int] = {}
+        self._waiters: list[tuple[asyncio.Future, object]] = []
+        self._tasks: set[asyncio.Task] = set()
+        self.settle_cores: float | None = None
+
+    # callbacks from clients
+
+    def on_stamps(self, stamps: list[bytes], now: int) -> None:
+        self.tokens_total += len(stamps)
+        w = self.window
+        if w is not None:
+            w.tokens += len(stamps)
+            lat = w.lat
+            for s in stamps:
+                lat.append(now - int(s))
+
+    def on_complete(self, client: Client) -> None:
+        self.completed += 1
+
+    def on_closed(self, client: Client) -> None:
+        self.open_clients.discard(client)
+        self._check_waiters()
+
+    def _check_waiters(self) -> None:
+        if not self.open_clients and self._waiters:
+            for fut, _ in self._waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._waiters.clear()
+
+    async def wait_all_closed(self, timeout: float) -> bool:
+        if not self.open_clients:
+            return True
+        fut = self.loop.create_future()
+        self._waiters.append((fut, None))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    # requests
+
+    def request(self, tag: str, rate: float, tokens: int, first: float = 0.0) -> bytes:
+        words = f"bench tag={tag} rate={rate:g} tokens={tokens} first={first:g}"
+        host = f"{self.host}:{self.port}"
+        if self.kind == "upstream":
+            body = json.dumps({"model": "bench-model", "stream": True,
+                               "messages": [{"role": "user", "content": words}]})
+            path = "/v1/chat/completions"
+        else:
+            body = json.dumps({"command": "summarize", "title": "bench",
+                               "text": f"The benchmark's text. {words}"})
+            path = "/api/run"
+        raw = body.encode()
+        return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {self.token}\r\n"
+                f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+                f"Content-Length: {len(raw)}\r\n\r\n").encode() + raw
+
+    def new_client(self, tag: str, rate: float, tokens: int, first: float = 0.0) -> Client:
+        client = Client(self, tag, self.request(tag, rate, tokens, first))
+        self.clients.append(client)
+        return client
+
+    async def connect(self, client: Client) -> None:
+        client.t_start = _ns()
+        self.open_clients.add(client)
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: client, self.host, self.port),
+                self.connect_timeout)
+        except (OSError, TimeoutError) as error:
+            key = type(error).__name__ + (f" errno {error.errno}" if
+                                          isinstance(error, OSError) and error.errno else "")
+            self.connect_errors[key] = self.connect_errors.get(key, 0) + 1
+            client.error = f"connect: {key}"
+            client.closed = True
+            client.t_end = _ns()
+            self.on_closed(client)
+
+    async def start_paced(self, clients: list[Client], seconds: float) -> None:
+        """Start the clients spread evenly over ``seconds``."""
+        if not clients:
+            return
+        t0 = self.loop.time()
+        tasks = set()
+        for i, client in enumerate(clients):
+            due = t0 + seconds * i / len(clients)
+            delay = due - self.loop.time()
+            if delay > 0.001:
+                await asyncio.sleep(delay)
+            task = self.loop.create_task(self.connect(client))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    # measurement helpers
+
+    async def lag_monitor(self) -> None:
+        """Event-loop lag: how late a 10 ms sleep wakes (a busy load generator inflates latency)."""
+        period = 0.010
+        while True:
+            t = self.loop.time()
+            await asyncio.sleep(period)
+            if self.lag_recording:
+                self.lag.append(int((self.loop.time() - t - period) * 1e9))
+
+    def snap(self) -> dict:
+        out: dict = {"t": time.monotonic(), "loadgen_cpu_s": _own_cpu(),
+                     "system": sample.system_cpu()}
+        if self.sample_pid:
+            try:
+                out["server"] = sample.snapshot(int(self.sample_pid))
+            except OSError as error:
+                out["server_error"] = str(error)
+        if self.upstream_pid:
+            try:
+                out["upstream_cpu_s"] = sample.cpu_seconds(int(self.upstream_pid))
+            except OSError:
+                pass
+        return out
+
+    async def settle_server(self, below_cores: float, max_wait: float) -> float:
+        """Wait until the server's tree uses less than ``below_cores``; the seconds waited."""
+        if not self.sample_pid:
+            return 0.0
+        t0 = time.monotonic()
+
+        def tree_cpu() -> float:
+            total = 0.0
+            for pid in sample.tree(int(self.sample_pid)):
+                try:
+                    total += sample.cpu_seconds(pid)
+                except OSError:
+                    pass
+            return total
+
+        while time.monotonic() - t0 < max_wait:
+            c0, w0 = tree_cpu(), time.monotonic()
+            await asyncio.sleep(1.0)
+            self.settle_cores = (tree_cpu() - c0) / (time.monotonic() - w0)
+            if self.settle_cores < below_cores:
+                break
+        return time.monotonic() - t0
+
+    def close_all(self) -> None:
+        for client in list(self.open_clients):
+            if client.transport is not None:
+                client.abrupt_close()
+                if client.transport is not None:
+                    client.transport.abort()
+
+    # scenarios
+
+    async def steady_step(self, streams: int, rate: float, stagger: float, warmup: float,
+                          window_s: float, label: str, tail: float = 0.5) -> dict:
+        tokens = math.ceil(rate * (stagger + warmup + window_s + tail))
+        clients = [self.new_client(f"{self.run_id}-{label}-{i}", rate, tokens)
+                   for i in range(streams)]
+        first_index = len(self.clients) - streams
+        starter = self.loop.create_task(self.start_paced(clients, stagger))
+        await asyncio.sleep(stagger + warmup)
+        before = self.snap()
+        self.window = Window()
+        self.lag = []
+        self.lag_recording = True
+        await asyncio.sleep(window_s)
+        window, self.window = self.window, None
+        self.lag_recording = False
+        after = self.snap()
+        lag = sorted(self.lag)
+        await starter
+        finished = await self.wait_all_closed(max(10.0, tokens / rate + 10.0))
+        if not finished:
+            self.close_all()
+            await self.wait_all_closed(5.0)
+        mine = self.clients[first_index:]
+        elapsed = after["t"] - before["t"]
+        result = {
+            "streams": streams, "rate": rate, "tokens_per_stream": tokens,
+            "offered_tps": streams * rate, "window_s": elapsed,
+            "tokens_in_window": window.tokens,
+            "delivered_tps": window.tokens / elapsed if elapsed > 0 else None,
+            "latency": summarize_ns(window.lat),
+            "loop_lag": summarize_ns(lag),
+            "all_finished": finished,
+            **_streams_summary(mine),
+            "cpu": _cpu_delta(before, after, self.plan.get("server_cpu")),
+        }
+        if result["cpu"].get("server_cpu_s") is not None and window.tokens:
+            result["server_cpu_us_per_token"] = \
+                result["cpu"]["server_cpu_s"] / window.tokens * 1e6
+        result["disturbed"] = disturbed(result)
+        return result
+
+    async def scenario_steady(self) -> dict:
+        p = self.plan
+        return await self.steady_step(int(p.get("streams", 200)), float(p.get("rate", 50)),
+                                       float(p.get("stagger", 2)), float(p.get("warmup", 2)),
+                                       float(p.get("window", 10)), "steady")
+
+    async def scenario_ramp(self) -> dict:
+        p = self.plan
+        limit_ms = float(p.get("p99_limit_ms", 100))
+        steps = []
+        best = None
+        for i, streams in enumerate(p.get("steps", [50, 100, 200, 400])):
+            retries = int(p.get("retries", 2))
+            attempts = []
+            for attempt in range(retries + 1):
+                log(f"ramp step {i}: {streams} streams x {p.get('rate', 50)} tokens/s"
+                    + (f" (retry {attempt}: {attempts[-1]['disturbed']})" if attempt else ""))
+                # Start the streams no faster than start_rate per second, so that the step
+                # measures relaying, not a burst of stream set-ups.
+                stagger = max(float(p.get("stagger", 1)),
+                              int(streams) / float(p.get("start_rate", 100)))
+                step = await self.steady_step(int(streams), float(p.get("rate", 50)),
+                                              stagger,
+                                              float(p.get("warmup", 2)),
+                                              float(p.get("window", 5)), f"ramp{i}.{attempt}")
+                attempts.append(step)
+                if _step_ok(step, limit_ms) or not step["disturbed"]:
+                    break
+                await asyncio.sleep(float(p.get("pause", 1)))
+            step = min(attempts, key=lambda a: (not _step_ok(a, limit_ms), bool(a["disturbed"])))
+            step["attempts"] = len(attempts)
+            p99 = step["latency"]["p99_ms"]
+            delivered = step["delivered_tps"] or 0
+            step["ok"] = _step_ok(step, limit_ms)
+            steps.append(step)
+            log(f"  delivered {delivered:.0f} tokens/s, p99 {p99} ms, ok={step['ok']}")
+            if step["ok"]:
+                if best is None or delivered > best["delivered_tps"]:
+                    best = step
+            else:
+                break
+            await asyncio.sleep(float(p.get("pause", 1)))
+        return {"steps": steps, "p99_limit_ms": limit_ms,
+                "max_tps": best["delivered_tps"] if best else 0,
+                "max_tps_step": steps.index(best) if best else None}
+
+    async def scenario_hold(self) -> dict:
+        p = self.plan
+        rate = float(p.get("rate", 0.2))
+        open_rate = float(p.get("open_rate", 500))
+        settle = float(p.get("settle", 3))
+        plateau_timeout = float(p.get("plateau_timeout", 30))
+        check = float(p.get("check_window", 1.0 / rate + 1.5))
+        tokens = int(p.get("tokens", 10_000))
+        self.connect_timeout = plateau_timeout
+        plateaus = []
+        idle = self.snap()
+        max_inflight = int(p.get("max_inflight", 200))
+        inflight_age = float(p.get("inflight_age", 1.0))
+        for target in p.get("plateaus", [1000, 5000, 10000]):
+            n = target - len(self.clients)
+            label = f"hold{target}"
+            log(f"hold: opening {n} more streams (to {target}), at most {open_rate:.0f}/s and "
+                f"{max_inflight} awaiting their first byte")
+            t_open = time.monotonic()
+            deadline = t_open + plateau_timeout
+            fresh = []
+            for i in range(n):
+                # Closed loop: no more than max_inflight requests younger than inflight_age
+                # without an answer, so that the target's pace (not the listen backlog) sets
+                # the ramp; a request stuck longer (a pool that is full) stops counting.
+                while time.monotonic() < deadline:
+                    cutoff = _ns() - int(inflight_age * 1e9)
+                    inflight = sum(1 for c in fresh[-max_inflight * 4:]
+                                   if not c.t_first and not c.closed and c.t_start > cutoff)
+                    if inflight < max_inflight:
+                        break
+                    await asyncio.sleep(0.01)
+                if time.monotonic() >= deadline:
+                    log(f"  plateau timeout after {len(fresh)} of {n} streams")
+                    break
+                client = self.new_client(f"{self.run_id}-{label}-{i}", rate, tokens)
+                fresh.append(client)
+                task = self.loop.create_task(self.connect(client))
+                task.add_done_callback(self._tasks.discard)
+                self._tasks.add(task)
+                await asyncio.sleep(1.0 / open_rate)
+            answer_by = min(deadline, time.monotonic() + float(p.get("answer_wait", 15)))
+            while time.monotonic() < answer_by:
+                if not any(not c.t_first and not c.closed for c in fresh):
+                    break
+                await asyncio.sleep(0.2)
+            ramp_s = time.monotonic() - t_open
+            await asyncio.sleep(settle)
+            # A target still busy setting streams up is not yet holding them: wait (bounded)
+            # until its CPU use falls under settle_cpu cores, then check who receives tokens.
+            settle_s = await self.settle_server(float(p.get("settle_cpu", 0.9)),
+                                                float(p.get("settle_max", 30)))
+            mark = _ns()
+            await asyncio.sleep(check)
+            snap = self.snap()
+            receiving = sum(1 for c in self.clients
+                            if not c.closed and c.error is None and c.t_last >= mark)
+            answered = sum(1 for c in self.clients if c.status == 200)
+            plateau = {
+                "requested": target, "opened": len(self.clients), "settle_s": settle_s,
+                "server_cores_at_check": self.settle_cores,
+                "open": len(self.open_clients), "answered_200": answered,
+                "receiving": receiving, "ramp_s": ramp_s, "snapshot": snap,
+                "errors": _count(c.error or "" for c in self.clients if c.error),
+                "codes": _count(c.code or "" for c in self.clients if c.code),
+                "connect_errors": dict(self.connect_errors),
+            }
+            plateaus.append(plateau)
+            server = snap.get("server", {})
+            log(f"  plateau {target}: open {plateau['open']}, receiving {receiving}, "
+                f"PSS {server.get('pss_kb', 0) / 1024:.1f} MiB")
+        self.close_all()
+        await self.wait_all_closed(10)
+        await asyncio.sleep(settle)
+        after = self.snap()
+        return {"idle": idle, "plateaus": plateaus, "after_close": after, "rate": rate,
+                "check_window_s": check, "ttfb": summarize_ns(
+                    [c.t_first - c.t_start for c in self.clients if c.t_first])}
+
+    async def scenario_cancel(self) -> dict:
+        p = self.plan
+        n = int(p.get("streams", 1000))
+        stagger = float(p.get("stagger", 5))
+        rate = float(p.get("rate", 20))
+        close_after = int(p.get("close_after", 3))
+        silent_first = float(p.get("silent_first", 120))
+        tokens = int(p.get("tokens", 2000))
+        rng = random.Random(7)
+        clients = []
+        for i in range(n):
+            if i % 2 == 0:
+                client = self.new_client(f"{self.run_id}-mid-{i}", rate, tokens)
+                client.close_after = close_after
+                client.mode = "mid"
+            else:
+                client = self.new_client(f"{self.run_id}-silent-{i}", rate, tokens,
+                                         first=silent_first)
+                client.close_delay = rng.uniform(0.1, 0.5)
+                client.mode = "silent"
+            clients.append(client)
+        before = self.snap()
+        await self.start_paced(clients, stagger)
+        finished = await self.wait_all_closed(float(p.get("close_timeout", 30)))
+        if not finished:
+            log(f"cancel: {len(self.open_clients)} streams never reached their close point")
+            self.close_all()
+            await self.wait_all_closed(5)
+        return {
+            "before": before,
+            "closes": {c.tag: c.t_close for c in clients if c.t_close},
+            "modes": {c.tag: c.mode for c in clients},
+            "not_closed_by_client": [c.tag for c in clients if not c.t_close],
+            "all_reached_close_point": finished,
+            **_streams_summary(clients),
+        }
+
+    async def run(self) -> dict:
+        scenario = self.plan.get("scenario", "steady")
+        runner = {"steady": self.scenario_steady, "ramp": self.scenario_ramp,
+                  "hold": self.scenario_hold, "cancel": self.scenario_cancel}[scenario]
+        monitor = self.loop.create_task(self.lag_monitor())
+        t0 = time.monotonic()
+        try:
+            result = await asyncio.wait_for(runner(), float(self.plan.get("deadline", 300)))
+            result["timed_out"] = False
+        except TimeoutError:
+            log("deadline reached: closing everything")
+            self.close_all()
+            result = {"timed_out": True, **_streams_summary(self.clients)}
+        finally:
+            monitor.cancel()
+        self.close_all()
+        result.update(scenario=scenario, kind=self.kind, elapsed_s=time.monotonic() - t0,
+                      tokens_total=self.tokens_total, loadgen_cpu_s=_own_cpu())
+        return result
+
+
+def _step_ok(step: dict, limit_ms: float) -> bool:
+    """A ramp step passes: p99 within the limit, 90% of the offered tokens delivered, no error."""
+    p99 = step["latency"]["p99_ms"]
+    delivered = step["delivered_tps"] or 0
+    return (p99 is not None and p99 <= limit_ms and delivered >= 0.9 * step["offered_tps"]
+            and not step["errors"])
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def _streams_summary(clients: list[Client]) -> dict:
+    ttfb = [c.t_first - c.t_start for c in clients if c.t_first]
+    ttft = [c.t_token - c.t_start for c in clients if c.t_token]
+    return {
+        "started": len(clients),
+        "completed": sum(1 for c in clients if c.complete),
+        "errors": _count(c.error for c in clients if c.error and not c.t_close),
+        "codes": _count(c.code for c in clients if c.code),
+        "ttfb": summarize_ns(ttfb),
+        "ttft": summarize_ns(ttft),
+        "tokens": sum(c.tokens for c in clients),
+    }
+
+
+def _cpu_delta(before: dict, after: dict, server_cpu: int | None = None) -> dict:
+    out: dict = {"loadgen_cpu_s": after["loadgen_cpu_s"] - before["loadgen_cpu_s"]}
+    if "server" in before and "server" in after:
+        out["server_cpu_s"] = after["server"]["cpu_s"] - before["server"]["cpu_s"]
+        out["server_pss_kb"] = after["server"]["pss_kb"]
+    if "upstream_cpu_s" in before and "upstream_cpu_s" in after:
+        out["upstream_cpu_s"] = after["upstream_cpu_s"] - before["upstream_cpu_s"]
+    elapsed = after["t"] - before["t"]
+    sys_b, sys_a = before.get("system", {}), after.get("system", {})
+    if "cpu" in sys_b and "cpu" in sys_a:
+        ours = sum(v for k, v in out.items() if k.endswith("cpu_s"))
+        out["foreign_cpu_s"] = max(0.0, sys_a["cpu"] - sys_b["cpu"] - ours)
+        out["steal_s"] = sys_a.get("steal", 0) - sys_b.get("steal", 0)
+        if server_cpu is not None and f"cpu{server_cpu}" in sys_a:
+            busy = sys_a[f"cpu{server_cpu}"] - sys_b[f"cpu{server_cpu}"]
+            out["foreign_on_server_cpu_s"] = max(0.0, busy - out.get("server_cpu_s", 0.0))
+    if elapsed > 0:
+        for key in list(out):
+            if key.endswith("_s"):
+                out[key[:-2] + "_util"] = out[key] / elapsed
+    return out
+
+
+def disturbed(result: dict, foreign_limit: float = 0.3, lag_limit_ms: float = 20.0) -> str:
+    """Why a window's figures may reflect the machine's noise more than the target ('' = clean).
+
+    Something else used more than ``foreign_limit`` of a core, or took the server's core, or
+    the load generator's own event loop ran late (its receive times, hence latencies, too).
+    """
+    cpu = result.get("cpu", {})
+    why = []
+    if cpu.get("foreign_cpu_util", 0) > foreign_limit:
+        why.append(f"other processes used {cpu['foreign_cpu_util']:.2f} cores")
+    if cpu.get("foreign_on_server_cpu_util", 0) > 0.1:
+        why.append(f"{cpu['foreign_on_server_cpu_util']:.0%} of the server's CPU went elsewhere")
+    lag = (result.get("loop_lag") or {}).get("p99_ms")
+    if lag is not None and lag > lag_limit_ms:
+        why.append(f"load generator loop lag p99 {lag:.0f} ms")
+    return "; ".join(why)
+
+
+def mint_token(secret: str, user: str = "bench", hours: float = 2.0) -> str:
+    """An HS256 access token as the service and the baseline expect (PyJWT)."""
+    import uuid
+
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": user, "iat": now, "nbf": now, "exp": now + int(hours * 3600),
+              "jti": str(uuid.uuid4()), "type": "access", "fresh": False}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def raise_nofile() -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+async def amain(plan: dict) -> dict:
+    gen = LoadGen(plan)
+    return await gen.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", help="a JSON plan (or @file); the flags below fill one")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--kind", choices=("service", "naive", "upstream"), default="service")
+    parser.add_argument("--secret", help="JWT_SECRET_KEY of the server, to mint a token")
+    parser.add_argument("--token", help="a bearer token to send as is")
+    parser.add_argument("--scenario", choices=("steady", "ramp", "hold", "cancel"),
+                        default="steady")
+    parser.add_argument("--streams", type=int)
+    parser.add_argument("--rate", type=float)
+    parser.add_argument("--window", type=float)
+    parser.add_argument("--warmup", type=float)
+    parser.add_argument("--stagger", type=float)
+    parser.add_argument("--steps", help="ramp: comma-separated stream counts")
+    parser.add_argument("--plateaus", help="hold: comma-separated stream counts")
+    parser.add_argument("--close-after", type=int, dest="close_after")
+    parser.add_argument("--p99-limit-ms", type=float, dest="p99_limit_ms")
+    parser.add_argument("--sample-pid", type=int, dest="sample_pid",
+                        help="sample this process tree (/proc) at window edges and plateaus")
+    parser.add_argument("--deadline", type=float, default=300)
+    args = parser.parse_args(argv)
+    plan: dict = {}
+    if args.plan:
+        text = open(args.plan[1:]).read() if args.plan.startswith("@") else args.plan
+        plan.update(json.loads(text))
+    defaults = {"host": "127.0.0.1", "kind": "service", "scenario": "steady", "deadline": 300}
+    for key in ("host", "port", "kind", "scenario", "streams", "rate", "window", "warmup",
+                "stagger", "close_after", "p99_limit_ms", "sample_pid", "deadline"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in defaults and value == defaults[key] and key in plan:
+            continue  # an unchanged default does not override the plan
+        plan[key] = value
+    for key in ("steps", "plateaus"):
+        if getattr(args, key):
+            plan[key] = [int(x) for x in getattr(args, key).split(",")]
+    if args.token:
+        plan["token"] = args.token
+    elif args.secret:
+        plan["token"] = mint_token(args.secret)
+    if "port" not in plan:
+        parser.error("--port (or a plan with a port) is required")
+    raise_nofile()
+    result = asyncio.run(amain(plan))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

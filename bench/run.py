@@ -1,0 +1,1046 @@
+"""The benchmark, in one command: ``python bench/run.py`` (``--quick`` for a short smoke run).
+
+It starts the fake OpenAI-compatible upstream (``bench/upstream.py``) on loopback, then for each
+scenario starts a fresh gunicorn (gevent worker, one worker) for each of the two targets:
+
+* **service**: Axrisi Stream as deployed, ``gunicorn -c gunicorn.conf.py app:app``;
+* **baseline**: the naive relay kept in ``bench/naive_app.py``, under the same gunicorn worker;
+
+and drives it with ``bench/loadgen.py`` (a subprocess) under the same load, alternating which
+target goes first from one scenario to the next so that the machine's noise hits both. The
+servers run pinned to one CPU and the load generator and the upstream to another (on a machine
+with at least two), so that the server's figures are one core's. It samples the server's process
+tree from /proc (``bench/sample.py``), prints the machine, then one table (figure | service |
+baseline | ratio | target | met?), and writes every raw figure to ``bench/results/<time>.json``.
+
+Every load is bounded in streams and in time and stops itself; all traffic goes to 127.0.0.1.
+See ``bench/README.md`` for what each figure means and how it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import sample
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+PY = sys.executable
+
+TARGETS = ("service", "baseline")
+UPSTREAM_NICE = 10
+LABEL = {"service": "service", "baseline": "baseline"}
+
+# Metric names read from the service's /metrics when it has one (issue 6). A missing endpoint or
+# a missing name is reported as "n/a", never as zero.
+METRICS_GAUGES = {
+    "open_streams": ("axrisi_open_streams", "axrisi_streams_open"),
+    "greenlets": ("axrisi_greenlets", "axrisi_worker_greenlets"),
+    "open_stream_slots": ("axrisi_open_stream_slots", "axrisi_stream_slots_in_use",
+                          "axrisi_user_open_streams"),
+    "upstream_connections": ("axrisi_upstream_connections", "axrisi_upstream_connections_open"),
+}
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes
+# --------------------------------------------------------------------------------------------
+
+FULL = {
+    "hold": {"plateaus": [1000, 5000, 10000], "rate": 0.2, "open_rate": 500, "settle": 3,
+             "plateau_timeout": 60, "answer_wait": 15, "max_inflight": 200, "inflight_age": 1.0,
+             "settle_cpu": 0.9, "settle_max": 30, "deadline": 400},
+    "cpu": {"streams": 100, "rate": 20, "stagger": 2, "warmup": 3, "window": 15,
+            "retries": 2, "deadline": 90},
+    "latency": {"streams": 200, "rate": 50, "stagger": 4, "warmup": 3, "window": 15,
+                "retries": 2, "deadline": 90},
+    "ramp": {"steps": [40, 80, 120, 160, 200, 240, 280, 320, 360, 400, 450, 500, 600, 800,
+                       1000],
+             "rate": 50, "stagger": 1, "start_rate": 100, "warmup": 2, "window": 5, "pause": 1,
+             "retries": 2, "deadline": 300},
+    "cancel": {"streams": 1000, "stagger": 20, "rate": 20, "close_after": 3,
+               "silent_first": 120, "close_timeout": 30, "settle": 3, "deadline": 90},
+}
+QUICK = {
+    "hold": {"plateaus": [100, 300], "rate": 2.0, "open_rate": 300, "settle": 0.5,
+             "plateau_timeout": 8, "answer_wait": 3, "settle_max": 3, "deadline": 40},
+    "cpu": {"streams": 50, "rate": 20, "stagger": 0.5, "warmup": 1, "window": 2,
+            "retries": 0, "deadline": 30},
+    "latency": {"streams": 100, "rate": 50, "stagger": 0.5, "warmup": 1, "window": 2,
+                "retries": 0, "deadline": 30},
+    "ramp": {"steps": [40, 160], "rate": 50, "stagger": 0.5, "warmup": 1, "window": 2,
+             "pause": 0.3, "retries": 0, "deadline": 40},
+    "cancel": {"streams": 100, "stagger": 2, "rate": 20, "close_after": 3,
+               "silent_first": 60, "close_timeout": 10, "settle": 1.5, "deadline": 30},
+}
+SCENARIOS = ("hold", "cpu", "latency", "ramp", "cancel")
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(cpu: int | None, niceness: int = 0):
+    """A preexec_fn that pins the child (and whatever it forks) to one CPU, and renices it."""
+    if cpu is None and not niceness:
+        return None
+
+    def _pin() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if niceness:
+            os.nice(niceness)
+
+    return _pin
+
+
+def http_json(url: str, method: str = "GET", timeout: float = 10.0) -> dict:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class Upstream:
+    """``bench/upstream.py`` as a subprocess; its control endpoints."""
+
+    def __init__(self, log_dir: Path, cpu: int | None) -> None:
+        self.log_path = log_dir / "upstream.log"
+        self.cpu = cpu
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> Upstream:
+        read_fd, write_fd = os.pipe()
+        with open(self.log_path, "wb") as log_file:
+            self.proc = subprocess.Popen(
+                [PY, str(BENCH / "upstream.py"), "--port", "0", "--ready-fd", str(write_fd)],
+                cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                # Niced: sharing a core with the load generator, the upstream must not delay
+                # the generator's reads (its receive times are the latency figures); a late
+                # token send only lowers the offered rate, which is measured. It stays in the
+                # runner's session: with autogroup scheduling, nice only ranks processes
+                # within one session, and the load generator runs in this one.
+                preexec_fn=pinned(self.cpu, UPSTREAM_NICE))
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as ready:
+            line = ready.readline()
+        if not line:
+            raise RuntimeError(f"the upstream did not start: {self.log_path.read_text()}")
+        self.port = json.loads(line)["port"]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stats(self) -> dict:
+        return http_json(self.url + "/_bench/stats")
+
+    def closes(self) -> dict:
+        return http_json(self.url + "/_bench/closes", timeout=30)
+
+    def reset(self) -> dict:
+        return http_json(self.url + "/_bench/reset", "POST")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Server:
+    """One target under gunicorn's gevent worker, as a subprocess in its own session."""
+
+    def __init__(self, target: str, upstream: Upstream, secret: str, log_dir: Path,
+                 cpu: int | None, extra_env: dict[str, str], label: str,
+                 service_dir: Path = ROOT) -> None:
+        self.target = target
+        self.cwd = service_dir if target == "service" else ROOT
+        self.port = free_port()
+        self.runtime_dir = tempfile.mkdtemp(prefix=f"bench-{target}-")
+        self.log_path = log_dir / f"{label}-{target}.log"
+        self.cpu = cpu
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": self.runtime_dir,
+            "XDG_RUNTIME_DIR": self.runtime_dir,
+            "PYTHONUNBUFFERED": "1",
+            "OPENAI_BASE_URL": upstream.url + "/v1",
+            "OPENAI_API_KEY": "x",
+            "JWT_SECRET_KEY": secret,
+            "AXRISI_MODEL": "bench-model",
+        }
+        if target == "service":
+            env.update({
+                "PORT": str(self.port),
+                "WEB_CONCURRENCY": "1",
+                "AXRISI_MAX_STREAMS": "20000",
+                # One bench user opens every stream: lift the per-user limits (not what is
+                # measured here) so that they do not refuse the load.
+                "AXRISI_MAX_STREAMS_PER_USER": "0",
+                "AXRISI_RATE_LIMIT": "1000000000/minute",
+                "LOG_LEVEL": "warning",
+            })
+            self.cmd = [PY, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                        "-b", f"127.0.0.1:{self.port}", "app:app"]
+        else:
+            # Its own config file: gunicorn would otherwise load the service's
+            # ./gunicorn.conf.py (and its hooks) from the working directory.
+            self.cmd = [PY, "-m", "gunicorn", "-c", str(BENCH / "naive_gunicorn.conf.py"),
+                        "-b", f"127.0.0.1:{self.port}", "bench.naive_app:app"]
+        env.update(extra_env)
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> Server:
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log_file,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=pinned(self.cpu))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.target} exited at start:\n{self.log_tail()}")
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer means the worker serves (the baseline has no /healthz)
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{self.target} did not answer within {timeout} s")
+        return self
+
+    def worker_pid(self) -> int | None:
+        kids = sample.children(self.pid)
+        return kids[0] if kids else None
+
+    def metrics(self) -> dict:
+        """The /metrics gauges named in METRICS_GAUGES, where the service exposes them."""
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+                text = response.read().decode("utf-8", "replace")
+        except (OSError, urllib.error.HTTPError) as error:
+            return {"available": False, "why": str(error)[:80]}
+        found: dict = {"available": True}
+        for key, names in METRICS_GAUGES.items():
+            for name in names:
+                total, seen = 0.0, False
+                for m in re.finditer(rf"^{name}(?:{{[^}}]*}})?\s+([0-9.eE+-]+)\s*$", text, re.M):
+                    total += float(m.group(1))
+                    seen = True
+                if seen:
+                    found[key] = total
+                    break
+        return found
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def run_loadgen(plan: dict, cpu: int | None, timeout: float) -> dict:
+    """Run bench/loadgen.py with a plan; its JSON result (or an error record)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(plan, f)
+        plan_path = f.name
+    try:
+        proc = subprocess.run([PY, str(BENCH / "loadgen.py"), "--plan", "@" + plan_path],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=None, timeout=timeout,
+                              preexec_fn=pinned(cpu))
+    except subprocess.TimeoutExpired:
+        return {"error": f"loadgen did not finish within {timeout} s"}
+    finally:
+        os.unlink(plan_path)
+    if proc.returncode != 0:
+        return {"error": f"loadgen exited {proc.returncode}"}
+    try:
+        return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": "loadgen printed no result"}
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.sizes = QUICK if args.quick else FULL
+        self.secret = secrets.token_urlsafe(48)
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.log_dir = RESULTS / f"{self.stamp}-logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        cpus = sorted(os.sched_getaffinity(0))
+        if args.no_pin or len(cpus) < 2:
+            self.server_cpu = self.harness_cpu = None
+        else:
+            self.server_cpu, self.harness_cpu = cpus[-1], cpus[0]
+            os.sched_setaffinity(0, {self.harness_cpu})
+        self.extra_env = dict(kv.split("=", 1) for kv in args.env)
+        self.service_dir = Path(args.service_dir).resolve() if args.service_dir else ROOT
+        self.upstream = Upstream(self.log_dir, self.harness_cpu)
+        self.token = mint_token(self.secret)
+        self.quiet_before = 0.0
+
+    def plan(self, server: Server, scenario: str, **extra) -> dict:
+        return {"port": server.port, "kind": "service" if server.target == "service" else
+                "naive", "token": self.token, "sample_pid": server.pid,
+                "upstream_pid": self.upstream.pid, "server_cpu": self.server_cpu,
+                "scenario": scenario, **extra}
+
+    def wait_quiet(self, limit: float = 0.3, max_wait: float | None = None) -> float:
+        """Wait (bounded) until other processes use less than ``limit`` cores; their last use."""
+        max_wait = self.args.quiet_wait if max_wait is None else max_wait
+        if max_wait <= 0:
+            return -1.0  # not measured
+        deadline = time.monotonic() + max_wait
+        ours = [self.upstream.pid]
+        while True:
+            a, t0 = sample.system_cpu(), time.monotonic()
+            mine0 = sum(_cpu_or_zero(p) for p in ours)
+            time.sleep(1.0)
+            b, t1 = sample.system_cpu(), time.monotonic()
+            mine1 = sum(_cpu_or_zero(p) for p in ours)
+            foreign = max(0.0, (b["cpu"] - a["cpu"]) - (mine1 - mine0)) / (t1 - t0)
+            if foreign < limit or time.monotonic() >= deadline:
+                if foreign >= limit:
+                    log(f"the machine is busy (other processes use {foreign:.2f} cores); "
+                        "measuring anyway")
+                return foreign
+            log(f"waiting for a quieter machine (other processes use {foreign:.2f} cores)")
+
+    def start_server(self, target: str, label: str) -> Server:
+        self.upstream.reset()
+        self.quiet_before = self.wait_quiet()
+        server = Server(target, self.upstream, self.secret, self.log_dir, self.server_cpu,
+                        self.extra_env, label, self.service_dir).start()
+        # Warm-up: import paths, the SDK client, first-use caches; then let it settle.
+        warm = run_loadgen(self.plan(server, "steady", streams=20, rate=100, stagger=0.2,
+                                     warmup=0.1, window=0.1, deadline=30),
+                           self.harness_cpu, 60)
+        if warm.get("error") or warm.get("errors"):
+            log(f"{target}: warm-up trouble: {warm.get('error') or warm.get('errors')}")
+        time.sleep(0.5)
+        return server
+
+    def each_target(self, index: int, label: str, fn) -> dict:
+        order = TARGETS if index % 2 == 0 else TARGETS[::-1]
+        out = {}
+        for target in order:
+            log(f"{label}: {target}")
+            server = None
+            try:
+                server = self.start_server(target, label)
+                out[target] = fn(server)
+                out[target]["foreign_cores_before"] = round(self.quiet_before, 2)
+            except Exception as error:  # a failed scenario is reported, the run goes on
+                log(f"{label}: {target} failed: {error!r}")
+                out[target] = {"error": repr(error)}
+                if server is not None:
+                    out[target]["log_tail"] = server.log_tail()
+            finally:
+                with contextlib.suppress(Exception):
+                    self.upstream.reset()
+                if server is not None:
+                    server.stop()
+        out["order"] = list(order)
+        return out
+
+    # --- the scenarios
+
+    def hold(self, server: Server) -> dict:
+        size = self.sizes["hold"]
+        result = run_loadgen(self.plan(server, "hold", **size), self.harness_cpu,
+                             size["deadline"] + 60)
+        result["upstream_after"] = self.upstream.stats()
+        return result
+
+    def steady(self, name: str):
+        def fn(server: Server) -> dict:
+            size = self.sizes[name]
+            attempts = []
+            for attempt in range(int(size.get("retries", 2)) + 1):
+                if attempt:
+                    log(f"{name}: {server.target}: window disturbed "
+                        f"({attempts[-1].get('disturbed')}); again")
+                attempts.append(run_loadgen(self.plan(server, "steady", **size),
+                                            self.harness_cpu, size["deadline"] + 60))
+                if not attempts[-1].get("disturbed"):
+                    break
+            result = min(attempts, key=lambda a: (bool(a.get("disturbed")),
+                                                  _get(a, "cpu", "foreign_cpu_util") or 0))
+            result["attempts"] = len(attempts)
+            result["other_attempts"] = [a for a in attempts if a is not result]
+            result["upstream_after"] = self.upstream.stats()
+            return result
+        return fn
+
+    def ramp(self, server: Server) -> dict:
+        size = self.sizes["ramp"]
+        result = run_loadgen(self.plan(server, "ramp", **size), self.harness_cpu,
+                             size["deadline"] + 60)
+        result["upstream_after"] = self.upstream.stats()
+        return result
+
+    def floor(self) -> dict:
+        """The harness alone: the load generator straight against the upstream, no relay.
+
+        What latency the measuring itself adds (two loopback hops fewer than a relayed token,
+        same parsing), so that a relay's figure can be read against it.
+        """
+        size = dict(self.sizes["latency"], window=min(5, self.sizes["latency"]["window"]))
+        plan = {"port": self.upstream.port, "kind": "upstream", "scenario": "steady",
+                "upstream_pid": self.upstream.pid, **size}
+        self.wait_quiet()
+        return run_loadgen(plan, self.harness_cpu, size["deadline"] + 60)
+
+    def profile(self, max_tps: float | None) -> dict:
+        """py-spy on the service's worker under a steady token load (not part of the table)."""
+        spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+        if not Path(spy).exists():
+            return {"error": "py-spy not found (pip install py-spy)"}
+        seconds = float(self.args.profile)
+        rate = 50.0
+        tps = 0.8 * max_tps if max_tps else 10_000
+        streams = max(40, int(tps / rate))
+        server = self.start_server("service", "profile")
+        try:
+            worker = server.worker_pid()
+            raw = RESULTS / f"{self.stamp}-profile.txt"
+            plan = self.plan(server, "steady", streams=streams, rate=rate,
+                             stagger=max(1.0, streams / 100), warmup=2, window=seconds + 3,
+                             deadline=seconds + 120)
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump(plan, f)
+            load = subprocess.Popen([PY, str(BENCH / "loadgen.py"), "--plan", "@" + f.name],
+                                    cwd=ROOT, stdout=subprocess.PIPE,
+                                    preexec_fn=pinned(self.harness_cpu))
+            time.sleep(plan["stagger"] + 2)
+            log(f"profile: py-spy on worker {worker} for {seconds:g} s at {streams} streams x "
+                f"{rate:g} tokens/s")
+            subprocess.run([spy, "record", "-p", str(worker), "-d", str(int(seconds)),
+                            "-r", "97", "-f", "raw", "-o", str(raw), "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           preexec_fn=pinned(self.harness_cpu), timeout=seconds + 60)
+            out, _ = load.communicate(timeout=seconds + 120)
+            os.unlink(f.name)
+            summary = summarize_profile(raw)
+            with contextlib.suppress(ValueError, IndexError):
+                run = json.loads(out.decode().strip().splitlines()[-1])
+                summary["load"] = {k: run.get(k) for k in ("streams", "rate", "delivered_tps",
+                                                           "server_cpu_us_per_token")}
+                summary["load"]["latency"] = run.get("latency")
+            return summary
+        finally:
+            self.upstream.reset()
+            server.stop()
+
+    def cancel(self, server: Server) -> dict:
+        size = self.sizes["cancel"]
+        worker = server.worker_pid()
+        before = {"upstream": self.upstream.stats(), "metrics": server.metrics(),
+                  "worker": sample.process(worker) if worker else None}
+        result = run_loadgen(self.plan(server, "cancel", **size), self.harness_cpu,
+                             size["deadline"] + 60)
+        time.sleep(size["settle"])
+        upstream = self.upstream.closes()
+        after = {"upstream": {k: v for k, v in upstream.items() if k not in ("closes", "active")},
+                 "metrics": server.metrics(),
+                 "worker": sample.process(worker) if worker else None}
+        client_closes = result.pop("closes", {})
+        modes = result.pop("modes", {})
+        active = set(upstream["active"])
+        latencies: dict[str, list[float]] = {"all": [], "mid": [], "silent": []}
+        leaked = {"all": 0, "mid": 0, "silent": 0}
+        for tag, t_client in client_closes.items():
+            mode = modes.get(tag, "?")
+            t_up = upstream["closes"].get(tag)
+            if t_up is None:
+                latency = math.inf  # the upstream never saw this stream's connection close
+                leaked["all"] += 1
+                leaked[mode] = leaked.get(mode, 0) + 1
+            else:
+                latency = (t_up - t_client) / 1e6
+            latencies["all"].append(latency)
+            latencies.setdefault(mode, []).append(latency)
+        result["cancel_ms"] = {mode: _dist(values) for mode, values in latencies.items()}
+        result["leaked_upstream_streams"] = leaked
+        result["still_active_upstream"] = len(active)
+        result["before"], result["after"] = before, after
+        result["client_closed"] = len(client_closes)
+        return result
+
+    # --- the run
+
+    def run(self) -> dict:
+        machine = machine_info(self.service_dir)
+        log("machine: " + machine["summary"])
+        self.upstream.start()
+        log(f"upstream on :{self.upstream.port} (pid {self.upstream.pid})")
+        machine["service_dir"] = str(self.service_dir)
+        results: dict = {"machine": machine, "quick": self.args.quick, "sizes": self.sizes,
+                         "pinning": {"server_cpu": self.server_cpu,
+                                     "harness_cpu": self.harness_cpu},
+                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        chosen = [s for s in SCENARIOS if not self.args.only or s in self.args.only]
+        fns = {"hold": self.hold, "cpu": self.steady("cpu"), "latency": self.steady("latency"),
+               "ramp": self.ramp, "cancel": self.cancel}
+        t0 = time.monotonic()
+        try:
+            if not self.args.no_floor:
+                log("floor: the load generator straight against the upstream")
+                results["floor"] = self.floor()
+            for index, name in enumerate(chosen):
+                results[name] = self.each_target(index, name, fns[name])
+            if self.args.profile:
+                results["profile"] = self.profile(_get(results, "ramp", "service", "max_tps"))
+        finally:
+            self.upstream.stop()
+        results["elapsed_s"] = time.monotonic() - t0
+        results["table"] = table(results)
+        return results
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return sample.cpu_seconds(pid)
+    except OSError:
+        return 0.0
+
+
+def _dist(values: list[float]) -> dict:
+    s = sorted(values)
+    out = {"n": len(s), "leaked": sum(1 for v in s if v == math.inf)}
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        v = percentile(s, q)
+        out[name] = None if v is None else (v if v != math.inf else "inf")
+    finite = [v for v in s if v != math.inf]
+    out["max_finite"] = finite[-1] if finite else None
+    return out
+
+
+def percentile(sorted_values: list, q: float):
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def mint_token(secret: str) -> str:
+    import jwt
+
+    now = int(time.time())
+    return jwt.encode({"sub": "bench", "iat": now, "nbf": now, "exp": now + 6 * 3600,
+                       "jti": secrets.token_hex(8), "type": "access", "fresh": False},
+                      secret, algorithm="HS256")
+
+
+# --------------------------------------------------------------------------------------------
+# Profile summary
+# --------------------------------------------------------------------------------------------
+
+
+def summarize_profile(raw: Path, top: int = 15) -> dict:
+    """Self and inclusive sample shares per frame from py-spy's collapsed-stack output."""
+    if not raw.exists():
+        return {"error": "no profile written"}
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    file_counts: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
+        for frame in set(frames):
+            incl_counts[frame] = incl_counts.get(frame, 0) + n
+        m = re.search(r"\(([^)]*?)(?::\d+)?\)$", frames[-1])
+        where = m.group(1) if m else frames[-1]
+        where = re.sub(r".*/site-packages/", "", where)
+        where = re.sub(r".*/lib/python3\.\d+/", "stdlib/", where)
+        area = where.split("/")[0] if "/" in where else where
+        file_counts[area] = file_counts.get(area, 0) + n
+
+    def ranked(counts: dict[str, int]) -> list:
+        items = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [[frame, round(100 * c / total, 1)] for frame, c in items]
+
+    return {"samples": total, "self_top": ranked(self_counts),
+            "inclusive_top": ranked(incl_counts), "by_package_self": ranked(file_counts),
+            "raw": str(raw)}
+
+
+# --------------------------------------------------------------------------------------------
+# Machine, table
+# --------------------------------------------------------------------------------------------
+
+
+def machine_info(service_dir: Path = ROOT) -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    versions = {}
+    for dist in ("flask", "werkzeug", "gunicorn", "gevent", "greenlet", "openai", "httpx2",
+                 "orjson", "flask-jwt-extended", "pyjwt"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    commit = dirty = None
+    if (service_dir / ".git").exists():  # read-only git queries
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=service_dir,
+                                    text=True, capture_output=True, timeout=10).stdout.strip()
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=service_dir, text=True, capture_output=True,
+                                    timeout=10).stdout
+            dirty = len(status.splitlines())
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    load = os.getloadavg()
+    info = {
+        "cpu_model": cpu, "cpus": os.cpu_count(), "mem_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "versions": versions, "git_commit": commit, "git_modified_files": dirty,
+        "nofile": list(nofile), "loadavg_at_start": [round(x, 2) for x in load],
+    }
+    info["summary"] = (f"{cpu}, {info['cpus']} CPUs, {info['mem_gib']} GiB, Linux "
+                       f"{info['kernel']}, Python {info['python']}, gunicorn "
+                       f"{versions['gunicorn']}, gevent {versions['gevent']}, openai "
+                       f"{versions['openai']}, RLIMIT_NOFILE {nofile[0]}")
+    return info
+
+
+def raise_nofile(wanted: int) -> None:
+    """Raise the open-files limit for this process and its children: the soft limit to the hard
+    one, and both to ``wanted`` where we may (as root)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _get(d: dict, *path, default=None):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def _per_stream_kb(hold: dict, requested: int) -> tuple[float | None, str]:
+    plateaus = hold.get("plateaus") or []
+    idle = _get(hold, "idle", "server", "pss_kb")
+    for p in plateaus:
+        if p["requested"] == requested and idle is not None:
+            pss = _get(p, "snapshot", "server", "pss_kb")
+            open_ = p["open"]
+            if pss is None or not open_:
+                return None, ""
+            note = ""
+            if p["receiving"] < open_:
+                note = f"{p['receiving']} of {open_} receiving"
+            return (pss - idle) / open_, note
+    return None, ""
+
+
+def table(results: dict) -> list[dict]:
+    rows: list[dict] = []
+    hold_sizes = results["sizes"]["hold"]["plateaus"]
+
+    def row(figure, svc, base, target="", met=None, unit="", lower_better=True, note="",
+            fmt="{:.1f}", ratio_ok=True):
+        def show(v):
+            if v is None:
+                return "n/a"
+            if isinstance(v, str):
+                return v
+            if v == math.inf:
+                return "inf"
+            return fmt.format(v) + unit
+        ratio = None
+        if ratio_ok and isinstance(svc, (int, float)) and isinstance(base, (int, float)) \
+                and base not in (0, math.inf) and svc != math.inf:
+            ratio = svc / base
+        rows.append({"figure": figure, "service": show(svc), "baseline": show(base),
+                     "ratio": "n/a" if ratio is None else f"{ratio:.2f}x",
+                     "target": target, "met": "" if met is None else ("yes" if met else "NO"),
+                     "note": note, "raw": {"service": svc if svc != math.inf else "inf",
+                                           "baseline": base if base != math.inf else "inf"}})
+
+    hold = results.get("hold")
+    if hold:
+        for n in hold_sizes[:2] if len(hold_sizes) > 2 else hold_sizes:
+            s, s_note = _per_stream_kb(hold.get("service", {}), n)
+            b, b_note = _per_stream_kb(hold.get("baseline", {}), n)
+            big = n == max(hold_sizes[:2])
+            row(f"memory per open stream at {n:,} streams (PSS growth / streams)", s, b,
+                target="<= 20 KB" if big and n >= 5000 else "", unit=" KB",
+                met=(s is not None and s <= 20) if big and n >= 5000 else None,
+                note="; ".join(x for x in (s_note and "service: " + s_note,
+                                           b_note and "baseline: " + b_note) if x))
+        last = hold_sizes[-1]
+
+        def held(t):
+            plateaus = _get(hold, t, "plateaus") or []
+            return plateaus[-1]["receiving"] if plateaus else None
+        s, b = held("service"), held("baseline")
+        row(f"most concurrent streams one worker holds (of {last:,} tried)", s, b,
+            target=f">= {last:,}" if last >= 10000 else "", lower_better=False,
+            met=(s is not None and s >= last) if last >= 10000 else None, fmt="{:,.0f}",
+            note=_hold_note(hold))
+    cpu = results.get("cpu")
+    if cpu:
+        s = _get(cpu, "service", "server_cpu_us_per_token")
+        b = _get(cpu, "baseline", "server_cpu_us_per_token")
+        size = results["sizes"]["cpu"]
+        met = None
+        if s is not None and b is not None:
+            met = s <= 30 and s * 3 <= b
+        row(f"server CPU per relayed token ({size['streams']} streams x {size['rate']:g} "
+            f"tokens/s)", s, b, target="<= 30 us and <= 1/3 baseline", unit=" us", met=met)
+    ramp = results.get("ramp")
+    if ramp:
+        s = _get(ramp, "service", "max_tps")
+        b = _get(ramp, "baseline", "max_tps")
+        row("most tokens/s one worker relays with p99 <= 100 ms", s, b, lower_better=False,
+            fmt="{:,.0f}", note=_ramp_note(ramp))
+    lat = results.get("latency")
+    if lat:
+        size = results["sizes"]["latency"]
+        load = f"{size['streams']} streams x {size['rate']:g} tokens/s"
+        for q in ("p50", "p99"):
+            s = _get(lat, "service", "latency", f"{q}_ms")
+            b = _get(lat, "baseline", "latency", f"{q}_ms")
+            is_target = q == "p99" and size["streams"] >= 200
+            row(f"added relay latency {q} ({load})", s, b, unit=" ms", fmt="{:.2f}",
+                target="<= 10 ms" if is_target else "",
+                met=(s is not None and s <= 10) if is_target else None,
+                note=_delivery_note(lat) if q == "p99" else "")
+        for q in ("p50", "p99"):
+            s = _get(lat, "service", "ttfb", f"{q}_ms")
+            b = _get(lat, "baseline", "ttfb", f"{q}_ms")
+            row(f"time to first byte {q} ({load})", s, b, unit=" ms", fmt="{:.2f}")
+        for q in ("p50", "p99"):
+            s = _get(lat, "service", "ttft", f"{q}_ms")
+            b = _get(lat, "baseline", "ttft", f"{q}_ms")
+            row(f"time to first token {q} ({load})", s, b, unit=" ms", fmt="{:.2f}")
+    cancel = results.get("cancel")
+    if cancel:
+        n = results["sizes"]["cancel"]["streams"]
+        for q in ("p50", "p99"):
+            s = _num(_get(cancel, "service", "cancel_ms", "all", q))
+            b = _num(_get(cancel, "baseline", "cancel_ms", "all", q))
+            row(f"cancellation {q}: client close -> upstream close ({n:,} disconnects)", s, b,
+                unit=" ms", fmt="{:.1f}", target="<= 100 ms" if q == "p99" else "",
+                met=(s is not None and s <= 100) if q == "p99" else None,
+                note="inf = upstream still open at the check" if q == "p99" else "")
+        s = _get(cancel, "service", "leaked_upstream_streams", "all")
+        b = _get(cancel, "baseline", "leaked_upstream_streams", "all")
+        settle = results["sizes"]["cancel"]["settle"]
+        row(f"leaked upstream streams {settle:g} s after {n:,} abrupt disconnects", s, b,
+            target="0", met=s == 0 if s is not None else None, fmt="{:,.0f}",
+            note=_leak_mode_note(cancel))
+
+        def fd_growth(t):
+            b0 = _get(cancel, t, "before", "worker", "fds")
+            a0 = _get(cancel, t, "after", "worker", "fds")
+            return None if b0 is None or a0 is None else a0 - b0
+        s, b = fd_growth("service"), fd_growth("baseline")
+        row("worker open fds growth after the disconnects", s, b, target="0",
+            met=s is not None and s <= 0, fmt="{:+,.0f}", ratio_ok=False)
+
+        def conn_growth(t):
+            b0 = _get(cancel, t, "before", "upstream", "model_connections")
+            a0 = _get(cancel, t, "after", "upstream", "model_connections")
+            return None if b0 is None or a0 is None else a0 - b0
+        s, b = conn_growth("service"), conn_growth("baseline")
+        row("open upstream connections growth after the disconnects", s, b, target="0",
+            met=s is not None and s <= 0, fmt="{:+,.0f}", ratio_ok=False)
+
+        def pss_drift(t):
+            b0 = _get(cancel, t, "before", "worker", "pss_kb")
+            a0 = _get(cancel, t, "after", "worker", "pss_kb")
+            return None if b0 is None or a0 is None else (a0 - b0) / 1024
+        s, b = pss_drift("service"), pss_drift("baseline")
+        row("worker PSS drift after the disconnects", s, b, unit=" MiB", fmt="{:+.1f}",
+            ratio_ok=False)
+        for key in ("greenlets", "open_stream_slots", "open_streams"):
+            def gauge_growth(t, key=key):
+                before = _get(cancel, t, "before", "metrics") or {}
+                after = _get(cancel, t, "after", "metrics") or {}
+                if key in before and key in after:
+                    return after[key] - before[key]
+                return None
+            s = gauge_growth("service")
+            row(f"/metrics {key} growth after the disconnects", s, None, target="0",
+                met=(s <= 0) if s is not None else None, fmt="{:+,.0f}", ratio_ok=False,
+                note="" if s is not None else "the service has no such /metrics gauge yet "
+                "(issue 6); hook: METRICS_GAUGES in bench/run.py")
+    return rows
+
+
+def _num(v):
+    if v == "inf":
+        return math.inf
+    return v
+
+
+def _hold_note(hold: dict) -> str:
+    notes = []
+    for t in TARGETS:
+        plateaus = _get(hold, t, "plateaus") or []
+        if plateaus:
+            last = plateaus[-1]
+            bits = [f"{last['answered_200']:,} of {last['opened']:,} answered"]
+            cores = last.get("server_cores_at_check")
+            if cores is not None and cores >= 0.9:
+                bits.append(f"worker still busy ({cores:.2f} cores) "
+                            f"{last.get('settle_s', 0):.0f} s after the ramp")
+            if last.get("errors"):
+                bits.append("errors " + ", ".join(f"{k}: {v}" for k, v in last["errors"].items()))
+            if last.get("connect_errors"):
+                bits.append("connect " + ", ".join(
+                    f"{k}: {v}" for k, v in last["connect_errors"].items()))
+            if bits:
+                notes.append(f"{t}: " + "; ".join(bits))
+    return " | ".join(notes)
+
+
+def _ramp_note(ramp: dict) -> str:
+    notes = []
+    for t in TARGETS:
+        steps = _get(ramp, t, "steps") or []
+        if not steps:
+            continue
+        last = steps[-1]
+        why = "stopped" if not last.get("ok") else "last step passed"
+        lag = _get(last, "loop_lag", "p99_ms")
+        gen = _get(last, "cpu", "loadgen_cpu_util")
+        notes.append(f"{t}: {why} at {last['offered_tps']:,.0f} offered, "
+                     f"{(last['delivered_tps'] or 0):,.0f} delivered, p99 "
+                     f"{last['latency']['p99_ms']} ms (loadgen CPU {gen or 0:.0%}, "
+                     f"loop lag p99 {lag} ms)")
+    return " | ".join(notes)
+
+
+def _delivery_note(lat: dict) -> str:
+    notes = []
+    for t in TARGETS:
+        offered = _get(lat, t, "offered_tps")
+        delivered = _get(lat, t, "delivered_tps")
+        if offered and delivered is not None and delivered < 0.95 * offered:
+            notes.append(f"{t} delivered {delivered:,.0f} of {offered:,.0f} tokens/s")
+    return "; ".join(notes)
+
+
+def _leak_mode_note(cancel: dict) -> str:
+    notes = []
+    for t in TARGETS:
+        leaked = _get(cancel, t, "leaked_upstream_streams")
+        if leaked:
+            notes.append(f"{t}: {leaked.get('mid', 0)} after tokens, "
+                         f"{leaked.get('silent', 0)} before the first token")
+    return "; ".join(notes)
+
+
+def render(rows: list[dict]) -> str:
+    headers = ["figure", "service", "baseline", "ratio", "target", "met?"]
+    keys = ["figure", "service", "baseline", "ratio", "target", "met"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    notes = [f"- {r['figure']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        lines += ["", "Notes:"] + notes
+    return "\n".join(lines)
+
+
+def conditions(results: dict) -> list[str]:
+    """One line per measured window: how much of the machine something else used meanwhile."""
+    lines = []
+    for name in SCENARIOS:
+        for t in TARGETS:
+            r = _get(results, name, t)
+            if not isinstance(r, dict):
+                continue
+            if r.get("error"):
+                lines.append(f"- {name} / {t}: FAILED: {r['error']}")
+                continue
+            windows = r.get("steps") or [r]
+            for i, w in enumerate(windows):
+                cpu = w.get("cpu") or {}
+                if "foreign_cpu_util" not in cpu:
+                    continue
+                where = f"{name} / {t}" + (f" step {i}" if "steps" in r else "")
+                lines.append(
+                    f"- {where}: server {cpu.get('server_cpu_util', 0):.2f} cores, "
+                    f"load generator {cpu.get('loadgen_cpu_util', 0):.2f}, upstream "
+                    f"{cpu.get('upstream_cpu_util', 0):.2f}, other processes "
+                    f"{cpu.get('foreign_cpu_util', 0):.2f} (on the server's CPU "
+                    f"{cpu.get('foreign_on_server_cpu_util', 0):.2f}), steal "
+                    f"{cpu.get('steal_util', 0):.2f}; loop lag p99 "
+                    f"{_get(w, 'loop_lag', 'p99_ms')} ms"
+                    + (f"; attempts {w['attempts']}" if w.get("attempts", 1) > 1 else "")
+                    + (f"; DISTURBED: {w['disturbed']}" if w.get("disturbed") else ""))
+    return lines
+
+
+def print_profile(prof: dict) -> None:
+    if prof.get("error"):
+        print(f"Profile: {prof['error']}")
+        return
+    load = prof.get("load") or {}
+    print(f"Profile of the service's worker ({prof['samples']} samples, py-spy; load "
+          f"{load.get('streams')} streams x {load.get('rate')} tokens/s, "
+          f"{(load.get('delivered_tps') or 0):,.0f} tokens/s delivered):")
+    print("  self time by package: " + ", ".join(
+        f"{name} {share}%" for name, share in prof["by_package_self"][:10]))
+    print("  top frames (self):")
+    for frame, share in prof["self_top"][:12]:
+        print(f"    {share:5.1f}%  {frame}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="every scenario at small sizes (a smoke run under two minutes)")
+    parser.add_argument("--only", nargs="*", choices=SCENARIOS, default=None,
+                        help="run only these scenarios")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the servers and the harness to separate CPUs")
+    parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
+                        help="at the end, py-spy record the service's worker this long under "
+                        "a steady load at 80%% of its measured max tokens/s (needs py-spy)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip measuring the harness alone (load generator -> upstream)")
+    parser.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
+                        help="before each target's turn, wait up to this long for other "
+                        "processes to use under 0.3 cores (default 60; 0, no check, with "
+                        "--quick)")
+    parser.add_argument("--service-dir", metavar="DIR",
+                        help="run the service from this checkout instead of this one (e.g. a "
+                        "`git archive` of a commit); the baseline always runs from here")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra environment variable for both servers")
+    args = parser.parse_args(argv)
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if args.quick else 60.0
+    raise_nofile(65536)  # 10,000 streams need 20,000+ descriptors (client + upstream)
+    bench = Bench(args)
+    results = bench.run()
+    out = RESULTS / f"{bench.stamp}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=1, default=str))
+    m = results["machine"]
+    print()
+    print(f"Machine: {m['summary']}")
+    code = (f"commit {m['git_commit']} + {m['git_modified_files']} modified tracked files"
+            if m["git_commit"] else "not a git checkout")
+    print(f"Service: {m['service_dir']} ({code}); "
+          f"pinning: servers on CPU {bench.server_cpu}, upstream + load generator on CPU "
+          f"{bench.harness_cpu}; {'quick' if args.quick else 'full'} run, "
+          f"{results['elapsed_s']:.0f} s")
+    floor = results.get("floor")
+    if floor and not floor.get("error"):
+        print(f"Harness floor (load generator straight to the upstream, {floor['streams']} streams "
+              f"x {floor['rate']:g} tokens/s, no relay): latency p50 "
+              f"{floor['latency']['p50_ms']} ms, p99 {floor['latency']['p99_ms']} ms")
+    print()
+    print(render(results["table"]))
+    print()
+    print("Measurement windows (cores used; 'other processes' is the machine's noise):")
+    print("\n".join(conditions(results)))
+    print()
+    prof = results.get("profile")
+    if prof:
+        print_profile(prof)
+        print()
+    print(f"Raw results: {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
 import time
 
-import pytest
 import redis
 
-from .servers import free_port
+from .servers import free_port, require_binary
 
 
 def redis_binary() -> str:
     """The redis-server binary; a skip on a laptop without it, a failure under CI=true."""
-    path = shutil.which("redis-server")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is missing under CI=true: .ci/run must install it")
-        pytest.skip("redis-server is not installed")
-    return path
+    return require_binary("redis-server")
 
 
 class RedisServer:

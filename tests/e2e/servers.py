@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,20 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_SECRET = "test-secret-0123456789-0123456789-abcdef"
 TEST_AUDIENCE = "axrisi-tests"
 TEST_ISSUER = "https://issuer.axrisi.test"
+
+
+def require_binary(name: str, *also: str, package: str | None = None) -> str:
+    """A binary the test needs: a skip on a laptop without it, a failure under CI=true (where
+    .ci/run installs it, so its absence is a broken CI, never a silent skip)."""
+    import pytest
+
+    path = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing under CI=true: .ci/run must install "
+                        f"{package or name}")
+        pytest.skip(f"{name} is not installed")
+    return path
 
 
 def free_port() -> int:

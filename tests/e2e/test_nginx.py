@@ -31,7 +31,7 @@ from tests.fake_upstream import FakeUpstream, Scenario
 
 from .client import SSEConnection, auth, content_of
 from .procnet import children
-from .servers import ROOT, Gunicorn, free_port
+from .servers import ROOT, Gunicorn, free_port, require_binary
 
 SITE = ROOT / "deploy" / "nginx" / "axrisi.conf"
 SITE_LISTEN = "listen 80;"
@@ -43,14 +43,8 @@ TOKEN_DELAY = 0.3
 
 def nginx_binary() -> str:
     """Debian's nginx; a skip on a laptop without it, a failure under CI=true."""
-    path = shutil.which("nginx")
-    if path is None and os.access("/usr/sbin/nginx", os.X_OK):
-        path = "/usr/sbin/nginx"  # /usr/sbin is not on every user's PATH.
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nginx is missing under CI=true: .ci/run must install nginx-light")
-        pytest.skip("nginx is not installed")
-    return path
+    # /usr/sbin is not on every user's PATH.
+    return require_binary("nginx", "/usr/sbin/nginx", package="nginx-light")
 
 
 class Nginx:

@@ -1,7 +1,10 @@
 """The upstream: any OpenAI-compatible chat-completions server, through the official SDK.
 
-One SDK client per worker process (created lazily, after gunicorn forks) with a connection pool
-sized for the worker's streams. Each stream is one ``stream=True`` request with
+SDK clients are made lazily in each worker (after gunicorn forks) and the streams are spread
+round-robin over a few of them (one per ``SHARD_STREAMS`` streams the worker may hold): httpcore2
+walks every connection of its pool each time a request starts or ends, so one pool of 10,000
+connections makes every new stream pay for all the others. The clients share one TLS context
+(making one per client would cost ~20 ms each). Each stream is one ``stream=True`` request with
 ``stream_options.include_usage``, read through the SDK's raw-response API: we parse the SSE
 ``data:`` lines ourselves with orjson instead of letting the SDK build a model object per chunk,
 and every network read becomes at most one content piece, so tokens that arrive together under
@@ -19,7 +22,10 @@ its ``TransportError``, not as an SDK error, so both are caught.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +37,10 @@ import orjson
 from .base import Finish, Prompt, ProviderError, StreamItem, Usage
 
 log = logging.getLogger(__name__)
+
+SHARD_STREAMS = 500
+"""Streams per SDK client (connection pool) the worker aims for at its capacity."""
+MAX_SHARDS = 16
 
 DRAIN_SECONDS = 2.0
 """How long to wait for the end of a body after ``[DONE]`` before dropping the connection."""
@@ -47,23 +57,36 @@ class OpenAIProvider:
         self.base_url = base_url
         self.model = model
         self.max_connections = max_connections
-        self._client: openai.OpenAI | None = None
+        self.shards = min(MAX_SHARDS, max(1, math.ceil(max_connections / SHARD_STREAMS)))
+        self._clients: dict[int, openai.OpenAI] = {}
+        self._turn = itertools.count()
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def client(self) -> openai.OpenAI:
-        """The worker's one SDK client, made on first use so that it is never shared by forks."""
-        if self._client is None:
-            http_client = openai.DefaultHttpxClient(
-                limits=httpx2.Limits(max_connections=self.max_connections,
-                                     max_keepalive_connections=min(self.max_connections, 256)),
-                # No read timeout: the generation's silence watchdog (one timer per stream)
-                # enforces AXRISI_UPSTREAM_TIMEOUT_SECONDS, and a socket read timeout would
-                # cost a gevent Timeout per network read on the per-token path.
-                timeout=httpx2.Timeout(connect=10.0, read=None, write=30.0, pool=30.0),
-            )
-            self._client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url,
-                                         max_retries=0, http_client=http_client)
-        return self._client
+        """The next SDK client in turn, made on first use (in the worker, never before a fork)."""
+        shard = next(self._turn) % self.shards
+        client = self._clients.get(shard)
+        if client is None:
+            client = self._clients[shard] = self._make_client()
+        return client
+
+    def _make_client(self) -> openai.OpenAI:
+        if self._tls is None:
+            self._tls = httpx2.create_ssl_context()
+        # Each pool may hold every stream (no shard can starve while another has room), and
+        # keeps few idle connections: each idle one is probed whenever a request starts.
+        http_client = openai.DefaultHttpxClient(
+            limits=httpx2.Limits(max_connections=self.max_connections,
+                                 max_keepalive_connections=min(self.max_connections, 32)),
+            # No read timeout: the generation's silence watchdog (one timer per stream)
+            # enforces AXRISI_UPSTREAM_TIMEOUT_SECONDS, and a socket read timeout would
+            # cost a gevent Timeout per network read on the per-token path.
+            timeout=httpx2.Timeout(connect=10.0, read=None, write=30.0, pool=30.0),
+            verify=self._tls,
+        )
+        return openai.OpenAI(api_key=self.api_key, base_url=self.base_url, max_retries=0,
+                             http_client=http_client)
 
     def stream(self, prompt: Prompt) -> Iterator[StreamItem]:
         """Yield content pieces as they arrive, then one Finish; close the upstream on exit."""

@@ -117,3 +117,12 @@ def read_http_reply(sock: socket.socket, timeout: float = 5.0) -> tuple[str, byt
             break
         body += chunk
     return head.decode("latin-1"), body
+
+
+def raw_post_head(content_length: int, authorization: str | None = None) -> bytes:
+    """The head of a ``POST /api/run`` written by hand, for tests that control every byte
+    (a body announced but never sent, a client that stops reading)."""
+    authorization = authorization or auth()["Authorization"]
+    return (f"POST /api/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: {authorization}\r\nContent-Length: {content_length}\r\n\r\n"
+            ).encode()

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.fake_upstream import FakeUpstream, Scenario
 
-from .client import SSEConnection, content_of, make_token, read_http_reply
+from .client import SSEConnection, content_of, make_token, raw_post_head, read_http_reply
 from .servers import TEST_AUDIENCE, TEST_ISSUER, Gunicorn
 from .test_stream import run_body, unique_key
 
@@ -78,10 +78,8 @@ def test_valid_token_without_type_is_access(server: Gunicorn, upstream: FakeUpst
 def test_401_before_the_body_is_read(server: Gunicorn) -> None:
     """A bad token with a 5 MB body still gets 401, answered before the body is sent."""
     size = 5 * 1024 * 1024
-    head = (f"POST /api/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer nope\r\nContent-Length: {size}\r\n\r\n")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(head.encode() + b"{")
+        sock.sendall(raw_post_head(size, "Bearer nope") + b"{")
         head, body = read_http_reply(sock)
     assert head.startswith("HTTP/1.1 401")
     assert json.loads(body) == UNAUTHORIZED

@@ -12,7 +12,7 @@ import time
 
 from tests.fake_upstream import FakeUpstream, Scenario
 
-from .client import SSEConnection, auth, content_of
+from .client import SSEConnection, content_of, raw_post_head
 from .servers import Gunicorn
 from .test_stream import run_body, unique_key
 
@@ -64,10 +64,8 @@ def test_drop_right_after_request(server: Gunicorn, upstream: FakeUpstream) -> N
     key = unique_key("cancel-instant")
     upstream.add_scenario(key, Scenario(tokens=["x"] * 100, delay=0.05))
     body = (b'{"command":"summarize","text":"' + key.encode() + b'"}')
-    head = (f"POST /api/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Authorization: {auth()['Authorization']}\r\nContent-Length: {len(body)}\r\n\r\n")
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(head.encode() + body)
+        sock.sendall(raw_post_head(len(body)) + body)
         record = upstream.wait_for_request(key)
     assert record.wait_closed(3.0)
     assert record.tokens_sent < 100
@@ -79,13 +77,11 @@ def test_reader_that_stops_reading_is_dropped(server: Gunicorn, upstream: FakeUp
     big = "x" * 16_000
     upstream.add_scenario(key, Scenario(tokens=[big] * 20_000, delay=0.002))
     body = (b'{"command":"summarize","text":"' + key.encode() + b'"}')
-    head = (f"POST /api/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Authorization: {auth()['Authorization']}\r\nContent-Length: {len(body)}\r\n\r\n")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
     try:
-        sock.sendall(head.encode() + body)
+        sock.sendall(raw_post_head(len(body)) + body)
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
         record = upstream.wait_for_request(key)
         # Read nothing more. The server's buffers fill, its writes block, and after 2 s it drops us.

@@ -141,18 +141,26 @@ def one_slot_server(upstream: FakeUpstream, redis_server: RedisServer) -> Iterat
         yield server
 
 
-def assert_slot_free(server: Gunicorn, upstream: FakeUpstream, user: str) -> None:
-    """A new stream for the user is admitted and completes (so the slot was given back)."""
-    key = unique_key("slot-check")
-    upstream.add_scenario(key, Scenario(tokens=["free"]))
-    deadline = time.monotonic() + 3
+def open_when_admitted(server: Gunicorn, user: str, key: str, within: float,
+                       pause: float) -> SSEConnection:
+    """Open a stream, retrying refusals for ``within`` seconds: a slot is given back just after
+    its stream ends (asynchronously), while a leaked slot never is. Returns the last attempt."""
+    deadline = time.monotonic() + within
     while True:
         conn = SSEConnection(server.url, run_body(key), token=make_token(user))
         if conn.status == 200 or time.monotonic() > deadline:
-            break
+            return conn
         conn.response.read()
         conn.drop()
-        time.sleep(0.05)
+        time.sleep(pause)
+
+
+def assert_slot_free(server: Gunicorn, upstream: FakeUpstream, user: str,
+                     within: float = 3.0) -> None:
+    """A new stream for the user is admitted and completes (so the slot was given back)."""
+    key = unique_key("slot-check")
+    upstream.add_scenario(key, Scenario(tokens=["free"]))
+    conn = open_when_admitted(server, user, key, within, pause=0.05)
     assert conn.status == 200, "the open-stream slot was not given back"
     assert content_of(conn.read_all()) == "free"
 
@@ -218,23 +226,7 @@ def test_a_dead_worker_does_not_hold_slots_forever(upstream: FakeUpstream,
                 break
             time.sleep(0.1)
         server.wait_ready()
-        assert_slot_free_eventually(server, upstream, user, within=10)
-
-
-def assert_slot_free_eventually(server: Gunicorn, upstream: FakeUpstream, user: str,
-                                within: float) -> None:
-    key = unique_key("slot-eventually")
-    upstream.add_scenario(key, Scenario(tokens=["back"]))
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        conn = SSEConnection(server.url, run_body(key), token=make_token(user))
-        if conn.status == 200:
-            assert content_of(conn.read_all()) == "back"
-            return
-        conn.response.read()
-        conn.drop()
-        time.sleep(0.2)
-    pytest.fail("the dead worker's slot was never given back")
+        assert_slot_free(server, upstream, user, within=10)
 
 
 def test_token_quota(upstream: FakeUpstream, redis_server: RedisServer) -> None:
@@ -307,14 +299,7 @@ def test_no_slot_leaked_after_a_hundred_dropped_clients(one_slot_server: Gunicor
     upstream.add_scenario(key, Scenario(tokens=["x"], hang_after=0))
     admitted = 0
     for _ in range(100):
-        deadline = time.monotonic() + 3
-        while True:
-            conn = SSEConnection(one_slot_server.url, run_body(key), token=make_token(user))
-            if conn.status == 200 or time.monotonic() > deadline:
-                break
-            conn.response.read()
-            conn.drop()
-            time.sleep(0.02)  # the previous drop is being released; a leak would never be
+        conn = open_when_admitted(one_slot_server, user, key, within=3, pause=0.02)
         assert conn.status == 200, f"slot leaked after {admitted} dropped clients"
         admitted += 1
         next(conn.events())

@@ -8,7 +8,7 @@ import socket
 import pytest
 import requests
 
-from .client import auth, read_http_reply
+from .client import auth, raw_post_head, read_http_reply
 from .servers import Gunicorn
 
 
@@ -77,10 +77,8 @@ def test_text_over_the_limit(server: Gunicorn) -> None:
 def test_five_megabyte_body_refused_unread(server: Gunicorn) -> None:
     """A 5 MB body is refused with 413 from its Content-Length, before it is sent."""
     size = 5 * 1024 * 1024
-    head = (f"POST /api/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Authorization: {auth()['Authorization']}\r\nContent-Length: {size}\r\n\r\n")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(head.encode() + b'{"command": "summarize", "text": "')
+        sock.sendall(raw_post_head(size) + b'{"command": "summarize", "text": "')
         head, body = read_http_reply(sock)
     assert head.startswith("HTTP/1.1 413")
     assert json.loads(body)["code"] == "too_large"

@@ -136,6 +136,8 @@ class RedisEvents:
         """
         last = f"{stream_id}-{position - 1}" if position > 0 else "0-0"
         key = events_key(stream_id)
+        if self._ended_before(key, position):
+            return
         while True:
             reply = self.reader.xread({key: last}, count=1000,
                                       block=max(1, int(block_seconds * 1000)))
@@ -153,6 +155,16 @@ class RedisEvents:
             yield frames
             if ended:
                 return
+
+    def _ended_before(self, key: str, position: int) -> bool:
+        """True when the terminal event is already behind ``position``: nothing to wait for."""
+        newest = self.reader.xrevrange(key, count=1)
+        if not newest:
+            return False
+        entry_id, fields = newest[0]
+        seq = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+                  .rpartition("-")[2])
+        return b"t" in fields and seq < position
 
     def mark_attached(self, stream_id: int, seconds: float) -> None:
         """Tell the generating worker that a client reads this stream through Redis."""

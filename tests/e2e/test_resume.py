@@ -113,10 +113,13 @@ def test_resume_after_the_stream_finished(pair: tuple[Gunicorn, Gunicorn],
     """A finished stream replays from any id (here or elsewhere) and with no id from the start."""
     key = unique_key("finished")
     tokens = ["a", "b", "c", "d"]
-    upstream.add_scenario(key, Scenario(tokens=tokens))
+    upstream.add_scenario(key, Scenario(tokens=tokens, delay=0.02))
     events = SSEConnection(pair[0].url, run_body(key)).read_all()
+    assert len(events) == 6  # title, four tokens, done
     stream_id = events[0].id.rpartition("-")[0]
     for server in pair:
+        # After the terminal event's id there is nothing more: the reply ends at once.
+        assert resume(server, stream_id, events[-1].id).read_all() == []
         whole = resume(server, stream_id, None).read_all()
         assert [e.id for e in whole] == [e.id for e in events]
         tail = resume(server, stream_id, events[2].id).read_all()

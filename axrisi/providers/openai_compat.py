@@ -1,14 +1,12 @@
 """The upstream: any OpenAI-compatible chat-completions server, through the official SDK.
 
-SDK clients are made lazily in each worker (after gunicorn forks) and the streams are spread
-round-robin over a few of them (one per ``SHARD_STREAMS`` streams the worker may hold): httpcore2
-walks every connection of its pool each time a request starts or ends, so one pool of 10,000
-connections makes every new stream pay for all the others. The clients share one TLS context
-(making one per client would cost ~20 ms each). Each stream is one ``stream=True`` request with
-``stream_options.include_usage``, read through the SDK's raw-response API: we parse the SSE
-``data:`` lines ourselves with orjson instead of letting the SDK build a model object per chunk,
-and every network read becomes at most one content piece, so tokens that arrive together under
-load travel together.
+One SDK client per worker, made lazily (after gunicorn forks). Its HTTP goes through
+:class:`~axrisi.providers.transport.LeanTransport` (one socket and one C parser per stream: why is
+in that module) unless the environment names a proxy, which only httpx2's own transport
+follows. Each stream is one ``stream=True`` request with ``stream_options.include_usage``, read
+through the SDK's raw-response API: we parse the SSE ``data:`` lines ourselves with orjson instead
+of letting the SDK build a model object per chunk, and every network read becomes at most one
+content piece, so tokens that arrive together under load travel together.
 
 Closing is the point. The generator's ``finally`` closes the HTTP response: a response not read to
 its end drops its connection, which is how the upstream learns that nobody reads any more. A
@@ -22,10 +20,8 @@ its ``TransportError``, not as an SDK error, so both are caught.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
-import ssl
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,12 +31,9 @@ import openai
 import orjson
 
 from .base import Finish, Prompt, ProviderError, StreamItem, Usage
+from .transport import LeanTransport
 
 log = logging.getLogger(__name__)
-
-SHARD_STREAMS = 500
-"""Streams per SDK client (connection pool) the worker aims for at its capacity."""
-MAX_SHARDS = 16
 
 DRAIN_SECONDS = 2.0
 """How long to wait for the end of a body after ``[DONE]`` before dropping the connection."""
@@ -57,34 +50,30 @@ class OpenAIProvider:
         self.base_url = base_url
         self.model = model
         self.max_connections = max_connections
-        self.shards = min(MAX_SHARDS, max(1, math.ceil(max_connections / SHARD_STREAMS)))
-        self._clients: dict[int, openai.OpenAI] = {}
-        self._turn = itertools.count()
-        self._tls: ssl.SSLContext | None = None
+        self._client: openai.OpenAI | None = None
 
     @property
     def client(self) -> openai.OpenAI:
-        """The next SDK client in turn, made on first use (in the worker, never before a fork)."""
-        shard = next(self._turn) % self.shards
-        client = self._clients.get(shard)
-        if client is None:
-            client = self._clients[shard] = self._make_client()
-        return client
+        """The worker's SDK client, made on first use (in the worker, never before a fork)."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
 
     def _make_client(self) -> openai.OpenAI:
-        if self._tls is None:
-            self._tls = httpx2.create_ssl_context()
-        # Each pool may hold every stream (no shard can starve while another has room), and
-        # keeps few idle connections: each idle one is probed whenever a request starts.
-        http_client = openai.DefaultHttpxClient(
-            limits=httpx2.Limits(max_connections=self.max_connections,
-                                 max_keepalive_connections=min(self.max_connections, 32)),
-            # No read timeout: the generation's silence watchdog (one timer per stream)
-            # enforces AXRISI_UPSTREAM_TIMEOUT_SECONDS, and a socket read timeout would
-            # cost a gevent Timeout per network read on the per-token path.
-            timeout=httpx2.Timeout(connect=10.0, read=None, write=30.0, pool=30.0),
-            verify=self._tls,
-        )
+        # No read timeout: the generation's silence watchdog (one timer per stream) enforces
+        # AXRISI_UPSTREAM_TIMEOUT_SECONDS, and a socket read timeout would cost a gevent
+        # Timeout per network read on the per-token path.
+        timeout = httpx2.Timeout(connect=10.0, read=None, write=30.0, pool=30.0)
+        tls = httpx2.create_ssl_context()
+        if _environment_proxies():
+            log.info("a proxy is set in the environment: using httpx2's own transport")
+            http_client = openai.DefaultHttpxClient(
+                limits=httpx2.Limits(max_connections=self.max_connections,
+                                     max_keepalive_connections=min(self.max_connections, 32)),
+                timeout=timeout, verify=tls)
+        else:
+            http_client = openai.DefaultHttpxClient(timeout=timeout,
+                                                    transport=LeanTransport(tls))
         return openai.OpenAI(api_key=self.api_key, base_url=self.base_url, max_retries=0,
                              http_client=http_client)
 
@@ -118,6 +107,24 @@ class OpenAIProvider:
         return raw.__enter__()
 
 
+def _body_chunks(http_response: httpx2.Response) -> Iterator[bytes]:
+    """The body's network reads; straight from the transport unless it must be decoded.
+
+    ``iter_bytes`` wraps the transport's stream in two more generators (chunker, decoder) per
+    read; an SSE body is almost never compressed, and when it is, they are needed.
+    """
+    encoding = http_response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return iter(http_response.stream)  # type: ignore[arg-type]
+    return http_response.iter_bytes()
+
+
+def _environment_proxies() -> bool:
+    """True when HTTP(S)_PROXY or ALL_PROXY is set (httpx2 would route the SDK through it)."""
+    proxies = urllib.request.getproxies()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+
+
 def _status_error(status: int) -> ProviderError:
     if status == 429:
         return ProviderError("upstream_error",
@@ -139,14 +146,17 @@ class _Reader:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.done = False
+        self.failure: ProviderError | None = None
         self._pending = b""
 
     def read(self, http_response: httpx2.Response) -> Iterator[StreamItem]:
-        chunks = http_response.iter_bytes()
+        chunks = _body_chunks(http_response)
         for chunk in chunks:
             content = self._feed(chunk)
             if content:
                 yield content
+            if self.failure is not None:
+                raise self.failure
             if self.done:
                 self._drain(chunks)
                 yield self._finish()
@@ -155,6 +165,8 @@ class _Reader:
             content = self._feed(b"\n")
             if content:
                 yield content
+            if self.failure is not None:
+                raise self.failure
         if self.finish_reason is None and not self.done:
             raise ProviderError("upstream_error", "The model service ended the stream early.",
                                 "ended_early")
@@ -171,14 +183,22 @@ class _Reader:
                 pass
 
     def _feed(self, chunk: bytes) -> str:
-        """Consume one network read; return the content it carried (possibly empty)."""
+        """Consume one network read; return the content it carried (possibly empty).
+
+        A failure (an error event, a malformed line) is kept in ``failure`` rather than raised,
+        so that the content before it in the same read still reaches the client first.
+        """
         data = self._pending + chunk
         lines = data.split(b"\n")
         self._pending = lines.pop()
         pieces: list[str] = []
         for line in lines:
             if line.startswith(b"data:") and not self.done:
-                piece = self._on_data(line[5:].strip())
+                try:
+                    piece = self._on_data(line[5:].strip())
+                except ProviderError as failure:
+                    self.failure = failure
+                    break
                 if piece:
                     pieces.append(piece)
         return "".join(pieces)

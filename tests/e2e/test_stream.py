@@ -169,3 +169,17 @@ def test_concurrent_streams_stay_separate(server: Gunicorn, upstream: FakeUpstre
         assert content_of(events) == "".join(f"{i}:{j} " for j in range(10))
         ids.add(events[0].json["commandId"])
     assert len(ids) == 20
+
+
+def test_upstream_connection_is_kept_alive_between_streams(server: Gunicorn,
+                                                           upstream: FakeUpstream) -> None:
+    """A stream read to its end hands its upstream connection to the next stream (one worker)."""
+    records = []
+    for n in range(3):
+        key = unique_key(f"keepalive{n}")
+        upstream.add_scenario(key, Scenario(tokens=["x"]))
+        events = SSEConnection(server.url, run_body(key)).read_all()
+        assert events[-1].event != "error" and content_of(events) == "x"
+        records.append(upstream.wait_for_request(key))
+    assert all(record.completed.is_set() for record in records)
+    assert len({record.connection_id for record in records}) == 1

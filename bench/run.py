@@ -471,9 +471,13 @@ class Bench:
         if not Path(spy).exists():
             return {"error": "py-spy not found (pip install py-spy)"}
         seconds = float(self.args.profile)
-        rate = 50.0
-        tps = 0.8 * max_tps if max_tps else 10_000
-        streams = max(40, int(tps / rate))
+        if self.args.profile_load:
+            streams, rate = (float(n) for n in self.args.profile_load.lower().split("x"))
+            streams = int(streams)
+        else:
+            rate = 50.0
+            tps = 0.8 * max_tps if max_tps else 10_000
+            streams = max(40, int(tps / rate))
         server = self.start_server("service", "profile")
         try:
             worker = server.worker_pid()
@@ -995,6 +999,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                         help="at the end, py-spy record the service's worker this long under "
                         "a steady load at 80%% of its measured max tokens/s (needs py-spy)")
+    parser.add_argument("--profile-load", metavar="STREAMSxRATE", default=None,
+                        help="the profile's load, e.g. 100x20 (default: 80%% of the ramp's "
+                             "best, in 50 tokens/s streams)")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip measuring the harness alone (load generator -> upstream)")
     parser.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",

@@ -29,7 +29,7 @@ import functools
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httptools
@@ -176,6 +176,7 @@ class _Body(httpx2.SyncByteStream):
         self._message = message
         self._request = request
         self._to_close = not _has_length(message.headers)
+        self._wait_readable = _readiness_wait(sock)
 
     def __iter__(self) -> Iterator[bytes]:
         message = self._message
@@ -197,6 +198,8 @@ class _Body(httpx2.SyncByteStream):
     def _recv(self) -> bytes:
         assert self._sock is not None
         try:
+            if self._wait_readable is not None:
+                self._wait_readable()
             return self._sock.recv(READ_SIZE)
         except TimeoutError:
             raise httpx2.ReadTimeout("Timed out reading the response.",
@@ -217,6 +220,21 @@ class _Body(httpx2.SyncByteStream):
             self._transport.checkin(self._origin, sock)
         else:
             sock.close()
+
+
+def _readiness_wait(sock: socket.socket) -> Callable[[], None] | None:
+    """Wait for the socket to be readable, on gevent's own watcher; None where not possible.
+
+    A streamed token is one network read, and the next read almost always finds nothing yet:
+    gevent's ``recv`` would first try (one failed syscall and one ``OSError`` raised and
+    caught per token), then wait. Waiting first and then reading saves both. Not for TLS, whose
+    object may hold decrypted bytes that the socket's readiness does not show.
+    """
+    wait = getattr(sock, "_wait", None)
+    watcher = getattr(sock, "_read_event", None)
+    if wait is None or watcher is None or isinstance(sock, ssl.SSLSocket):
+        return None
+    return functools.partial(wait, watcher)
 
 
 def _origin(url: httpx2.URL) -> Origin:

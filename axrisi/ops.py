@@ -42,4 +42,5 @@ def prometheus() -> Response:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise Unauthorized()
+    metrics.count_greenlets()
     return Response(generate_latest(metrics.registry()), mimetype=CONTENT_TYPE_LATEST)

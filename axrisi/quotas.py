@@ -35,6 +35,7 @@ import limits.strategies
 from flask import Flask, Response, g
 from flask_limiter import Limiter, RateLimitExceeded
 
+from . import metrics
 from .auth import user_key
 from .config import Settings
 from .errors import ApiError, json_error
@@ -107,6 +108,7 @@ class StreamSlots:
         if lease is None or lease not in self.held:
             return
         self.held.discard(lease)
+        metrics.OPEN_STREAM_SLOTS.dec()
         if lease.shared and self.store is not None:
             self.store.run(lambda r: r.zrem(_slots_key(lease.user_key), lease.id), lambda: 0)
         else:
@@ -124,6 +126,7 @@ class StreamSlots:
 
     def _hold(self, lease: Lease) -> Lease:
         self.held.add(lease)
+        metrics.OPEN_STREAM_SLOTS.inc()
         if lease.shared and (self._renewer is None or self._renewer.dead):
             self._renewer = gevent.spawn(self._renew_forever)
         return lease

@@ -74,6 +74,7 @@ def test_metrics_follow_streams_across_two_workers(upstream: FakeUpstream,
             conn.read_until(lambda e: "content" in e.json)
         text = wait_metric(server, "axrisi_open_streams", "", 2)
         assert metric(text, "axrisi_open_streams") == 2
+        assert metric(text, "axrisi_open_stream_slots") == 2
         refused = requests.post(server.url + "/api/run", json=run_body(fast), timeout=5,
                                 headers={"Authorization": f"Bearer {make_token(user)}"})
         assert refused.status_code == 429
@@ -81,6 +82,7 @@ def test_metrics_follow_streams_across_two_workers(upstream: FakeUpstream,
             conn.drop()
         text = wait_metric(server, "axrisi_open_streams", "", 0)
         assert metric(text, "axrisi_open_streams") == 0
+        assert metric(text, "axrisi_open_stream_slots") == 0
         assert metric(text, "axrisi_streams_total", 'outcome="client_gone"') == 2
         assert metric(text, "axrisi_cancellations_total") == 2
         assert metric(text, "axrisi_cancellation_seconds_count") == 2
@@ -93,6 +95,31 @@ def test_metrics_follow_streams_across_two_workers(upstream: FakeUpstream,
         assert metric(text, "axrisi_time_to_first_token_seconds_count") >= 1
         assert metric(text, "axrisi_stream_duration_seconds_count") == 3
         assert metric(text, "axrisi_redis_up") == 1
+
+
+def greenlets(server: Gunicorn) -> float:
+    """The worker's live greenlets (one worker: one ``pid`` sample)."""
+    samples = re.findall(r'^axrisi_greenlets\{pid="\d+"\} (\S+)$', scrape(server), re.M)
+    assert len(samples) == 1
+    return float(samples[0])
+
+
+def test_greenlets_gauge_counts_streams_and_returns_after_drops(upstream: FakeUpstream) -> None:
+    """Each open stream shows in the worker's greenlet count, and dropped ones leave none."""
+    slow = unique_key("m-green")
+    upstream.add_scenario(slow, Scenario(tokens=["g "] * 1000, delay=0.05))
+    with Gunicorn(env_for(upstream)) as server:
+        idle = greenlets(server)
+        conns = [SSEConnection(server.url, run_body(slow)) for _ in range(5)]
+        for conn in conns:
+            conn.read_until(lambda e: "content" in e.json)
+        assert greenlets(server) >= idle + 5
+        for conn in conns:
+            conn.drop()
+        deadline = time.monotonic() + 5
+        while greenlets(server) > idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert greenlets(server) == idle
 
 
 def test_upstream_errors_are_counted_by_kind(upstream: FakeUpstream) -> None:

@@ -48,7 +48,10 @@ class Generation:
                  on_end: Callable[[Generation], None] | None = None) -> None:
         self.log = log_
         self.provider = provider
-        self.prompt = prompt
+        # The prompt holds the page's text (up to AXRISI_MAX_TEXT_CHARS): it is handed to the
+        # provider when the generation starts and not kept, only its size (for tokens_used).
+        self.prompt: Prompt | None = prompt
+        self.prompt_chars = len(prompt.system) + len(prompt.user)
         self.upstream_timeout = upstream_timeout
         self.on_end = on_end
         self.outcome: str | None = None
@@ -90,7 +93,10 @@ class Generation:
         try:
             if self._pending is not None:
                 raise self._pending
-            items = self.provider.stream(self.prompt)
+            prompt, self.prompt = self.prompt, None
+            assert prompt is not None
+            items = self.provider.stream(prompt)
+            del prompt
             self._relay(items)
         except Interrupted as stop:
             if stop.code == "upstream_timeout":

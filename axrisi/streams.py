@@ -146,8 +146,7 @@ class StreamRegistry:
         usage = generation.finish.usage if generation.finish is not None else None
         if usage is not None:
             return usage.prompt_tokens + usage.completion_tokens
-        prompt = generation.prompt
-        return math.ceil((len(prompt.system) + len(prompt.user)) / 4) + generation.content_pieces
+        return math.ceil(generation.prompt_chars / 4) + generation.content_pieces
 
     @staticmethod
     def tokens_out(stream: Stream) -> int:

@@ -79,6 +79,14 @@ def summarize_ns(values: list[int]) -> dict:
     return out
 
 
+
+def _filler(chars: int) -> str:
+    """A page's worth of prose to append to every request's text (``text_chars`` in the plan)."""
+    if chars <= 0:
+        return ""
+    sentence = " The quick brown fox reads a long page of text while the model writes."
+    return (sentence * (chars // len(sentence) + 1))[:chars]
+
 class Window:
     """Latency samples and token counts of tokens received while the window is open."""
 
@@ -292,6 +300,7 @@ class LoadGen:
         self.port = int(plan["port"])
         self.kind = plan.get("kind", "service")
         self.token = plan.get("token", "")
+        self.filler = _filler(int(plan.get("text_chars", 0)))
         self.run_id = plan.get("run_id") or f"{os.getpid():x}{random.randrange(1 << 16):04x}"
         self.window: Window | None = None
         self.tokens_total = 0
@@ -355,7 +364,7 @@ class LoadGen:
             path = "/v1/chat/completions"
         else:
             body = json.dumps({"command": "summarize", "title": "bench",
-                               "text": f"The benchmark's text. {words}"})
+                               "text": f"The benchmark's text. {words}{self.filler}"})
             path = "/api/run"
         raw = body.encode()
         return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"

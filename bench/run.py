@@ -358,7 +358,7 @@ class Bench:
         return {"port": server.port, "kind": "service" if server.target == "service" else
                 "naive", "token": self.token, "sample_pid": server.pid,
                 "upstream_pid": self.upstream.pid, "server_cpu": self.server_cpu,
-                "scenario": scenario, **extra}
+                "scenario": scenario, "text_chars": self.args.text_chars, **extra}
 
     def wait_quiet(self, limit: float = 0.3, max_wait: float | None = None) -> float:
         """Wait (bounded) until other processes use less than ``limit`` cores; their last use."""
@@ -520,17 +520,23 @@ class Bench:
                              size["deadline"] + 60)
         time.sleep(size["settle"])
         upstream = self.upstream.closes()
-        after = {"upstream": {k: v for k, v in upstream.items() if k not in ("closes", "active")},
+        after = {"upstream": {k: v for k, v in upstream.items()
+                              if k not in ("closes", "active", "seen")},
                  "metrics": server.metrics(),
                  "worker": sample.process(worker) if worker else None}
         client_closes = result.pop("closes", {})
         modes = result.pop("modes", {})
         active = set(upstream["active"])
+        seen = set(upstream.get("seen", ()))
         latencies: dict[str, list[float]] = {"all": [], "mid": [], "silent": []}
         leaked = {"all": 0, "mid": 0, "silent": 0}
+        never_sent = 0
         for tag, t_client in client_closes.items():
             mode = modes.get(tag, "?")
             t_up = upstream["closes"].get(tag)
+            if t_up is None and tag not in seen:
+                never_sent += 1  # the client left before its request reached the upstream
+                continue
             if t_up is None:
                 latency = math.inf  # the upstream never saw this stream's connection close
                 leaked["all"] += 1
@@ -542,6 +548,7 @@ class Bench:
         result["cancel_ms"] = {mode: _dist(values) for mode, values in latencies.items()}
         result["leaked_upstream_streams"] = leaked
         result["still_active_upstream"] = len(active)
+        result["never_reached_upstream"] = never_sent
         result["before"], result["after"] = before, after
         result["client_closed"] = len(client_closes)
         return result
@@ -555,6 +562,7 @@ class Bench:
         log(f"upstream on :{self.upstream.port} (pid {self.upstream.pid})")
         machine["service_dir"] = str(self.service_dir)
         results: dict = {"machine": machine, "quick": self.args.quick, "sizes": self.sizes,
+                         "text_chars": self.args.text_chars,
                          "pinning": {"server_cpu": self.server_cpu,
                                      "harness_cpu": self.harness_cpu},
                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -929,6 +937,10 @@ def _leak_mode_note(cancel: dict) -> str:
         if leaked:
             notes.append(f"{t}: {leaked.get('mid', 0)} after tokens, "
                          f"{leaked.get('silent', 0)} before the first token")
+        never = _get(cancel, t, "never_reached_upstream")
+        if never:
+            notes.append(f"{t}: {never} closed before the request reached the upstream "
+                         "(not a leak; left out of the latencies)")
     return "; ".join(notes)
 
 
@@ -1003,6 +1015,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-load", metavar="STREAMSxRATE", default=None,
                         help="the profile's load, e.g. 100x20 (default: 80%% of the ramp's "
                              "best, in 50 tokens/s streams)")
+    parser.add_argument("--text-chars", type=int, default=0, metavar="N",
+                        help="pad every request's page text to about N characters (default: "
+                             "a short line), for memory per stream with real pages")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip measuring the harness alone (load generator -> upstream)")
     parser.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
@@ -1030,7 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Service: {m['service_dir']} ({code}); "
           f"pinning: servers on CPU {bench.server_cpu}, upstream + load generator on CPU "
           f"{bench.harness_cpu}; {'quick' if args.quick else 'full'} run, "
-          f"{results['elapsed_s']:.0f} s")
+          f"{results['elapsed_s']:.0f} s; page text per request: "
+          f"{f'{args.text_chars:,} characters' if args.text_chars else 'one short line'}")
     floor = results.get("floor")
     if floor and not floor.get("error"):
         print(f"Harness floor (load generator straight to the upstream, {floor['streams']} streams "

@@ -102,6 +102,7 @@ class Stats:
         self.aborted = 0
         self.tokens_sent = 0
         self.closes: dict[str, int] = {}
+        self.seen: set[str] = set()
         self.lag_max_ns = 0
         self.lag_over_10ms = 0
         self.reset_at_ns = _monotonic_ns()
@@ -226,6 +227,7 @@ class Conn(asyncio.Protocol):
         elif path == "/_bench/closes":
             self._reply(200, {"closes": self.stats.closes,
                               "active": [s.tag for s in self.stats.streams],
+                              "seen": sorted(self.stats.seen),
                               **self.stats.snapshot()})
         elif path == "/_bench/reset" and method == "POST":
             aborted = self.server.abort_all()
@@ -278,6 +280,7 @@ class Conn(asyncio.Protocol):
                              max(first, 0.0), usage, model, len(text.split()))
         self.stream = stream
         self.stats.started += 1
+        self.stats.seen.add(stream.tag)
         self.stats.streams.add(stream)
         assert self.transport is not None
         self.transport.write(_HEAD_OK + _event(_ROLE % model))

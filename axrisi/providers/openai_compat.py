@@ -82,7 +82,8 @@ class OpenAIProvider:
         response = None
         try:
             response = self._open(prompt)
-            yield from _Reader(self.model).read(response.http_response)
+            del prompt  # the page's text: not kept for the stream's life (nor by the SDK, below)
+            yield from _Reader(self.model).read(response)
         except openai.APIStatusError as error:
             raise _status_error(error.status_code) from None
         except openai.APITimeoutError:
@@ -96,7 +97,14 @@ class OpenAIProvider:
             if response is not None:
                 response.close()
 
-    def _open(self, prompt: Prompt) -> Any:
+    def _open(self, prompt: Prompt) -> httpx2.Response:
+        """Send the request; return its HTTP response, holding neither the text nor the body.
+
+        The SDK's response object keeps the request options (the messages, so the page's text)
+        and httpx2's response keeps the request with its encoded body: for a long page that is
+        twice its size, per open stream, for as long as the model writes. Only the HTTP response
+        is kept, with a bodiless copy of its request.
+        """
         raw = self.client.chat.completions.with_streaming_response.create(
             model=self.model,
             messages=[{"role": "system", "content": prompt.system},
@@ -104,7 +112,10 @@ class OpenAIProvider:
             stream=True,
             stream_options={"include_usage": True},
         )
-        return raw.__enter__()
+        http_response: httpx2.Response = raw.__enter__().http_response
+        sent = http_response.request
+        http_response.request = httpx2.Request(sent.method, sent.url)
+        return http_response
 
 
 def _body_chunks(http_response: httpx2.Response) -> Iterator[bytes]:

@@ -104,7 +104,7 @@ class LeanTransport(httpx2.BaseTransport):
                 sock.close()
                 raise
             sock.settimeout(timeouts.get("read"))
-            body = _Body(self, origin, sock, parser, message, request)
+            body = _Body(self, origin, sock, parser, message)
             return httpx2.Response(parser.get_status_code(), headers=message.headers,
                                    stream=body, extensions={"http_version": b"HTTP/1.1"})
         raise httpx2.RemoteProtocolError("Server disconnected without sending a response.",
@@ -167,14 +167,12 @@ class _Body(httpx2.SyncByteStream):
     """A response body read straight from the socket: one piece per network read."""
 
     def __init__(self, transport: LeanTransport, origin: Origin, sock: socket.socket,
-                 parser: httptools.HttpResponseParser, message: _Message,
-                 request: httpx2.Request) -> None:
+                 parser: httptools.HttpResponseParser, message: _Message) -> None:
         self._transport = transport
         self._origin = origin
         self._sock: socket.socket | None = sock
         self._parser = parser
         self._message = message
-        self._request = request
         self._to_close = not _has_length(message.headers)
         self._wait_readable = _readiness_wait(sock)
 
@@ -189,9 +187,8 @@ class _Body(httpx2.SyncByteStream):
                     message.complete = True
                     break
                 raise httpx2.RemoteProtocolError(
-                    "peer closed connection without sending complete message body",
-                    request=self._request)
-            _feed(self._parser, data, self._request)
+                    "peer closed connection without sending complete message body")
+            _feed(self._parser, data, None)
             if message.body:
                 yield message.take_body()
 
@@ -202,11 +199,10 @@ class _Body(httpx2.SyncByteStream):
                 self._wait_readable()
             return self._sock.recv(READ_SIZE)
         except TimeoutError:
-            raise httpx2.ReadTimeout("Timed out reading the response.",
-                                     request=self._request) from None
+            raise httpx2.ReadTimeout("Timed out reading the response.") from None
         except OSError as error:
-            raise httpx2.ReadError(f"Reading the response failed ({error.strerror or 'error'}).",
-                                   request=self._request) from None
+            raise httpx2.ReadError(
+                f"Reading the response failed ({error.strerror or 'error'}).") from None
 
     def close(self) -> None:
         """Pool the connection if its response was read to the end, else close it."""
@@ -335,7 +331,8 @@ def _exchange(sock: socket.socket, payload: bytes, timeouts: dict[str, Any],
     return parser, message
 
 
-def _feed(parser: httptools.HttpResponseParser, data: bytes, request: httpx2.Request) -> None:
+def _feed(parser: httptools.HttpResponseParser, data: bytes,
+          request: httpx2.Request | None) -> None:
     try:
         parser.feed_data(data)
     except httptools.HttpParserUpgrade:

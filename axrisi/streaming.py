@@ -50,10 +50,7 @@ def sse_response(body: Iterator[bytes]) -> Response:
 
 @contextmanager
 def _watched(client_socket: Any, send_timeout: float) -> Iterator[ClientWatch | None]:
-    watch = None
-    if client_socket is not None:
-        watch = ClientWatch(client_socket, gevent.getcurrent(), send_timeout)
-        watch.start()
+    watch = _start_watch(client_socket, send_timeout)
     try:
         yield watch
     finally:
@@ -75,19 +72,14 @@ def _written(chunks: Iterator[bytes], watch: ClientWatch | None) -> Iterator[byt
 def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket: Any,
           heartbeat: float, send_timeout: float,
           on_close: Callable[[], None] | None = None) -> Iterator[bytes]:
-    """Yield a local stream's SSE bytes from ``position`` until its terminal event."""
+    """Yield a local stream's SSE bytes from ``position`` until its terminal event.
+
+    One generator, not a chain of them: it runs once per token per stream, and every generator
+    level costs a resumption per token and C stack that the greenlet saves while it waits.
+    """
     registry.attach(stream)
-    try:
-        with _watched(client_socket, send_timeout) as watch:
-            yield from _written(_local_frames(stream, position, heartbeat), watch)
-    finally:
-        registry.detach(stream)
-        if on_close is not None:
-            on_close()
-
-
-def _local_frames(stream: Stream, position: int, heartbeat: float) -> Iterator[bytes]:
     event_log = stream.log
+    watch = _start_watch(client_socket, send_timeout)
     waiter = Event()
     cursor = event_log.follow(position)
     pending = OPENING
@@ -97,20 +89,37 @@ def _local_frames(stream: Stream, position: int, heartbeat: float) -> Iterator[b
                 frames = event_log.read(position)
             except EventsDropped:
                 return  # cannot happen to a live follower; a resume checks its id first
+            chunk = pending
             if frames:
                 position += len(frames)
                 event_log.advance(cursor, position)
-                yield pending + b"".join(frames)
+                chunk += b"".join(frames)
+            if chunk:
                 pending = b""
-            elif pending:
-                yield pending
-                pending = b""
+                if watch is not None:
+                    watch.writing_since = time.monotonic()
+                yield chunk
+                if watch is not None:
+                    watch.writing_since = None
             if event_log.finished_at(position):
                 return
             if not event_log.wait(position, waiter, heartbeat):
-                yield sse.PING
+                pending = sse.PING
     finally:
         event_log.unfollow(cursor)
+        if watch is not None:
+            watch.stop()
+        registry.detach(stream)
+        if on_close is not None:
+            on_close()
+
+
+def _start_watch(client_socket: Any, send_timeout: float) -> ClientWatch | None:
+    if client_socket is None:
+        return None
+    watch = ClientWatch(client_socket, gevent.getcurrent(), send_timeout)
+    watch.start()
+    return watch
 
 
 def relay_remote(mirror: RedisEvents, stream_id: int, position: int, client_socket: Any,

@@ -31,7 +31,7 @@ import openai
 import orjson
 
 from .base import Finish, Prompt, ProviderError, StreamItem, Usage
-from .transport import LeanTransport
+from .transport import BODY_EXTENSION, LeanTransport
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,27 @@ class OpenAIProvider:
     def stream(self, prompt: Prompt) -> Iterator[StreamItem]:
         """Yield content pieces as they arrive, then one Finish; close the upstream on exit."""
         response = None
+        reader = _Reader(self.model)
         try:
             response = self._open(prompt)
             del prompt  # the page's text: not kept for the stream's life (nor by the SDK, below)
-            yield from _Reader(self.model).read(response)
+            # The per-token loop, written out here rather than in a generator of the reader's:
+            # each generator level costs a resumption per token and saved stack per stream.
+            chunks = _body_chunks(response)
+            for chunk in chunks:
+                content = reader.feed(chunk)
+                if content:
+                    yield content
+                if reader.failure is not None:
+                    raise reader.failure
+                if reader.done:
+                    _drain(chunks)
+                    break
+            else:
+                content = reader.feed_end()
+                if content:
+                    yield content
+            yield reader.finish()
         except openai.APIStatusError as error:
             raise _status_error(error.status_code) from None
         except openai.APITimeoutError:
@@ -121,13 +138,22 @@ class OpenAIProvider:
 def _body_chunks(http_response: httpx2.Response) -> Iterator[bytes]:
     """The body's network reads; straight from the transport unless it must be decoded.
 
-    ``iter_bytes`` wraps the transport's stream in two more generators (chunker, decoder) per
-    read; an SSE body is almost never compressed, and when it is, they are needed.
+    ``iter_bytes`` wraps the transport's stream in three more generators (bound stream,
+    chunker, decoder) per read; an SSE body is almost never compressed, and when it is, they
+    are needed. LeanTransport names its body stream in the response's extensions.
     """
     encoding = http_response.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
-        return iter(http_response.stream)  # type: ignore[arg-type]
+        body = http_response.extensions.get(BODY_EXTENSION, http_response.stream)
+        return iter(body)
     return http_response.iter_bytes()
+
+
+def _drain(chunks: Iterator[bytes]) -> None:
+    """Read the rest of the body (normally nothing) so the connection can be pooled."""
+    with gevent.Timeout(DRAIN_SECONDS, False):
+        for _ in chunks:
+            pass
 
 
 def _environment_proxies() -> bool:
@@ -160,40 +186,24 @@ class _Reader:
         self.failure: ProviderError | None = None
         self._pending = b""
 
-    def read(self, http_response: httpx2.Response) -> Iterator[StreamItem]:
-        chunks = _body_chunks(http_response)
-        for chunk in chunks:
-            content = self._feed(chunk)
-            if content:
-                yield content
-            if self.failure is not None:
-                raise self.failure
-            if self.done:
-                self._drain(chunks)
-                yield self._finish()
-                return
-        if self._pending.strip():
-            content = self._feed(b"\n")
-            if content:
-                yield content
-            if self.failure is not None:
-                raise self.failure
-        if self.finish_reason is None and not self.done:
-            raise ProviderError("upstream_error", "The model service ended the stream early.",
-                                "ended_early")
-        yield self._finish()
+    def feed_end(self) -> str:
+        """The body ended without ``[DONE]``: its last line, if any, then a check it finished."""
+        content = self.feed(b"\n") if self._pending.strip() else ""
+        if self.failure is None and self.finish_reason is None and not self.done:
+            self.failure = ProviderError("upstream_error",
+                                         "The model service ended the stream early.",
+                                         "ended_early")
+        if self.failure is not None and not content:
+            raise self.failure
+        return content
 
-    def _finish(self) -> Finish:
+    def finish(self) -> Finish:
+        """The stream's end, once the body is read; raises a failure kept by ``feed_end``."""
+        if self.failure is not None:
+            raise self.failure
         return Finish(reason=self.finish_reason or "stop", model=self.model, usage=self.usage)
 
-    @staticmethod
-    def _drain(chunks: Iterator[bytes]) -> None:
-        """Read the rest of the body (normally nothing) so the connection can be pooled."""
-        with gevent.Timeout(DRAIN_SECONDS, False):
-            for _ in chunks:
-                pass
-
-    def _feed(self, chunk: bytes) -> str:
+    def feed(self, chunk: bytes) -> str:
         """Consume one network read; return the content it carried (possibly empty).
 
         A failure (an error event, a malformed line) is kept in ``failure`` rather than raised,

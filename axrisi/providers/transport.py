@@ -38,6 +38,9 @@ import httpx2
 IDLE_PER_ORIGIN = 32
 """Idle keep-alive connections kept per origin; more are closed when they come back."""
 READ_SIZE = 65536
+BODY_EXTENSION = "axrisi.body"
+"""The response extension that holds the body stream itself, for a reader that wants no
+wrapper generators around it (httpx2's ``Response.stream`` is one)."""
 
 Origin = tuple[bytes, str, int]
 
@@ -106,7 +109,8 @@ class LeanTransport(httpx2.BaseTransport):
             sock.settimeout(timeouts.get("read"))
             body = _Body(self, origin, sock, parser, message)
             return httpx2.Response(parser.get_status_code(), headers=message.headers,
-                                   stream=body, extensions={"http_version": b"HTTP/1.1"})
+                                   stream=body, extensions={"http_version": b"HTTP/1.1",
+                                                            BODY_EXTENSION: body})
         raise httpx2.RemoteProtocolError("Server disconnected without sending a response.",
                                          request=request)
 

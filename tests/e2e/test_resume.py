@@ -188,7 +188,8 @@ def test_memory_cap_honoured(upstream: FakeUpstream, redis_server: RedisServer) 
     """With at most 20 events kept per stream, an old id answers 404 and a recent one resumes."""
     key = unique_key("cap")
     tokens = [f"c{i} " for i in range(100)]
-    upstream.add_scenario(key, Scenario(tokens=tokens))
+    # Paced, so that tokens make separate events (one network read can carry several).
+    upstream.add_scenario(key, Scenario(tokens=tokens, delay=0.004))
     for redis_url in (None, redis_server.url):
         extra = {"AXRISI_RESUME_MAX_EVENTS": "20"}
         if redis_url:
@@ -196,6 +197,7 @@ def test_memory_cap_honoured(upstream: FakeUpstream, redis_server: RedisServer) 
         with Gunicorn(env_for(upstream, **extra)) as server:
             events = SSEConnection(server.url, run_body(key)).read_all()
             assert content_of(events) == "".join(tokens)
+            assert len(events) > 30
             stream_id = events[0].id.rpartition("-")[0]
             old = requests.get(f"{server.url}/api/streams/{stream_id}", timeout=5,
                                headers={**auth(), "Last-Event-ID": events[1].id})

@@ -181,5 +181,5 @@ def test_upstream_connection_is_kept_alive_between_streams(server: Gunicorn,
         events = SSEConnection(server.url, run_body(key)).read_all()
         assert events[-1].event != "error" and content_of(events) == "x"
         records.append(upstream.wait_for_request(key))
-    assert all(record.completed.is_set() for record in records)
+    assert all(record.wait_completed() for record in records)
     assert len({record.connection_id for record in records}) == 1

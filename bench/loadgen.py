@@ -81,7 +81,10 @@ def summarize_ns(values: list[int]) -> dict:
 
 
 def _filler(chars: int) -> str:
-    """A page's worth of prose to append to every request's text (``text_chars`` in the plan)."""
+    """A page's worth of prose to put before every request's text (``text_chars`` in the plan).
+
+    Before, not after: the bench upstream reads its ``key=value`` words from the end.
+    """
     if chars <= 0:
         return ""
     sentence = " The quick brown fox reads a long page of text while the model writes."
@@ -364,7 +367,7 @@ class LoadGen:
             path = "/v1/chat/completions"
         else:
             body = json.dumps({"command": "summarize", "title": "bench",
-                               "text": f"The benchmark's text. {words}{self.filler}"})
+                               "text": f"{self.filler}The benchmark's text. {words}"})
             path = "/api/run"
         raw = body.encode()
         return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"

@@ -5,6 +5,7 @@ Loaded by the gunicorn master before any worker forks, so it validates the envir
 gevent patches the workers (gunicorn #2177, #1566).
 """
 
+import gc
 import glob
 import os
 import secrets
@@ -54,6 +55,11 @@ def post_worker_init(worker):
 
     app = worker.wsgi
     watch_worker(worker, app.extensions["axrisi.lifecycle"])
+    # What is loaded by now (modules, the SDK and its models, the app) lives as long as the
+    # worker: take it out of the cyclic collector's scans, so that a full collection walks only
+    # what the streams allocate. Measured (docs/benchmarks.md): the worst full-collection pause
+    # at 200 streams x 50 tokens/s went from 75 ms to 14 ms.
+    gc.freeze()
     if not _settings.development or worker.age != 1:
         return
     from axrisi.auth import mint_token

@@ -33,6 +33,11 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 else:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="axrisi-metrics-")
 
+# gevent records each greenlet's spawning greenlet and stack (a debugging aid): per stream that is
+# two stack captures, about a kilobyte each and the CPU to take them. gevent's documented switch;
+# set GEVENT_TRACK_GREENLET_TREE=true to have them back while debugging.
+os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
+
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.web_concurrency
 worker_class = "gevent"

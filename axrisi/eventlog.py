@@ -129,6 +129,20 @@ class EventLog:
         """True when a follower at ``position`` has seen the terminal event."""
         return self.ended and position >= self.next_seq
 
+    def wake(self) -> None:
+        """Wake the waiting followers without an event (the stream's end hooks finished)."""
+        for waiter in self._waiters:
+            waiter.set()
+
+    def wait_wake(self, waiter: Event, timeout: float) -> None:
+        """Block until :meth:`wake` or an append, or ``timeout``."""
+        waiter.clear()
+        self._waiters.append(waiter)
+        try:
+            waiter.wait(timeout)
+        finally:
+            self._waiters.remove(waiter)
+
     def wait(self, position: int, waiter: Event, timeout: float) -> bool:
         """Block until there is a frame at ``position`` or the log ended; False on timeout."""
         if position < self.next_seq or self.ended:

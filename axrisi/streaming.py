@@ -32,6 +32,8 @@ from .resume import RedisEvents
 from .streams import Stream, StreamRegistry
 
 RETRY_MILLISECONDS = 2000
+SETTLE_SECONDS = 1.0
+"""The most a finished stream's response waits for its end hooks (Redis calls time out sooner)."""
 OPENING = sse.retry(RETRY_MILLISECONDS)
 
 SSE_HEADERS = {
@@ -102,6 +104,7 @@ def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket
                 if watch is not None:
                     watch.writing_since = None
             if event_log.finished_at(position):
+                _await_settled(stream, waiter)
                 return
             if not event_log.wait(position, waiter, heartbeat):
                 pending = sse.PING
@@ -112,6 +115,21 @@ def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket
         registry.detach(stream)
         if on_close is not None:
             on_close()
+
+
+def _await_settled(stream: Stream, waiter: Event) -> None:
+    """Hold the response's end until the stream's slot is back and its tokens are charged.
+
+    The terminal event is already written; what waits is the end of the HTTP response. A client
+    that starts its next request when the previous one ends then meets the quotas as they are
+    after that stream, not before (the end hooks talk to Redis, so they finish a little later).
+    """
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while not stream.settled:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        stream.log.wait_wake(waiter, left)
 
 
 def _start_watch(client_socket: Any, send_timeout: float) -> ClientWatch | None:

@@ -50,6 +50,8 @@ class Stream:
     lease: object | None = None
     clients: int = 0
     ended_at: float | None = None
+    settled: bool = False
+    """True once the end hooks ran (slot given back, tokens charged): see ``relay``."""
     cancel_requested_at: float | None = None
     _grace_timer: gevent.Greenlet | None = field(default=None, repr=False)
 
@@ -170,11 +172,14 @@ class StreamRegistry:
         self.finished[stream.id] = stream
         self.finished_bytes += stream.log.size
         self._expire()
-        if self.on_end is not None:
-            try:
+        try:
+            if self.on_end is not None:
                 self.on_end(stream)
-            except Exception:
-                log.exception("stream end hook failed")
+        except Exception:
+            log.exception("stream end hook failed")
+        finally:
+            stream.settled = True
+            stream.log.wake()
 
     def _expire(self) -> None:
         """Drop finished streams past their TTL, and the oldest ones past the memory cap."""

@@ -838,27 +838,20 @@ def table(results: dict) -> list[dict]:
             target="0", met=s == 0 if s is not None else None, fmt="{:,.0f}",
             note=_leak_mode_note(cancel))
 
-        def fd_growth(t):
-            b0 = _get(cancel, t, "before", "worker", "fds")
-            a0 = _get(cancel, t, "after", "worker", "fds")
-            return None if b0 is None or a0 is None else a0 - b0
-        s, b = fd_growth("service"), fd_growth("baseline")
+        def growth(t, where, key, scale=1):
+            """after - before of one sample taken around the disconnects (None if missing)."""
+            b0 = _get(cancel, t, "before", where, key)
+            a0 = _get(cancel, t, "after", where, key)
+            return None if b0 is None or a0 is None else (a0 - b0) / scale
+        s, b = growth("service", "worker", "fds"), growth("baseline", "worker", "fds")
         row("worker open fds growth after the disconnects", s, b, target="0",
             met=s is not None and s <= 0, fmt="{:+,.0f}", ratio_ok=False)
-
-        def conn_growth(t):
-            b0 = _get(cancel, t, "before", "upstream", "model_connections")
-            a0 = _get(cancel, t, "after", "upstream", "model_connections")
-            return None if b0 is None or a0 is None else a0 - b0
-        s, b = conn_growth("service"), conn_growth("baseline")
+        s, b = (growth("service", "upstream", "model_connections"),
+                growth("baseline", "upstream", "model_connections"))
         row("open upstream connections growth after the disconnects", s, b, target="0",
             met=s is not None and s <= 0, fmt="{:+,.0f}", ratio_ok=False)
-
-        def pss_drift(t):
-            b0 = _get(cancel, t, "before", "worker", "pss_kb")
-            a0 = _get(cancel, t, "after", "worker", "pss_kb")
-            return None if b0 is None or a0 is None else (a0 - b0) / 1024
-        s, b = pss_drift("service"), pss_drift("baseline")
+        s, b = (growth("service", "worker", "pss_kb", 1024),
+                growth("baseline", "worker", "pss_kb", 1024))
         row("worker PSS drift after the disconnects", s, b, unit=" MiB", fmt="{:+.1f}",
             ratio_ok=False)
         for key in ("greenlets", "open_stream_slots", "open_streams"):

@@ -81,8 +81,7 @@ class EventLog:
             self._trim()
         if self.on_append is not None:
             self.on_append(self, seq, frame, final)
-        for waiter in self._waiters:
-            waiter.set()
+        self.wake()
 
     def follow(self, position: int) -> Cursor:
         """Register a live follower at ``position``."""
@@ -134,12 +133,12 @@ class EventLog:
         for waiter in self._waiters:
             waiter.set()
 
-    def wait_wake(self, waiter: Event, timeout: float) -> None:
-        """Block until :meth:`wake` or an append, or ``timeout``."""
+    def wait_wake(self, waiter: Event, timeout: float) -> bool:
+        """Block until :meth:`wake` or an append, or ``timeout``; False on timeout."""
         waiter.clear()
         self._waiters.append(waiter)
         try:
-            waiter.wait(timeout)
+            return bool(waiter.wait(timeout))
         finally:
             self._waiters.remove(waiter)
 
@@ -147,9 +146,4 @@ class EventLog:
         """Block until there is a frame at ``position`` or the log ended; False on timeout."""
         if position < self.next_seq or self.ended:
             return True
-        waiter.clear()
-        self._waiters.append(waiter)
-        try:
-            return bool(waiter.wait(timeout))
-        finally:
-            self._waiters.remove(waiter)
+        return self.wait_wake(waiter, timeout)

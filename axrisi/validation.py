@@ -3,6 +3,13 @@
 The checks run cheapest first and the body is touched last: the media type and the declared
 length are judged from the headers, so a 5 MB upload is refused with 413 before a byte of it is
 read, and a chunked upload is cut off at the limit (werkzeug's ``max_content_length``).
+
+A body that cannot be read whole is the client's error, never a 500: gunicorn's ``ChunkedReader``
+raises its own ``ParseException`` subclasses for bad chunked framing (``InvalidChunkSize``,
+``InvalidChunkExtension``, ``ChunkMissingTerminator``, and ``InvalidHeader`` and the like for
+bad trailers), which werkzeug lets through; an EOF or a reset in the middle of the body (gunicorn's
+``NoMoreData``, an ``OSError``) reaches us as werkzeug's ``ClientDisconnected``; and a body of
+known length that simply ends early reads short without any error at all.
 """
 
 from __future__ import annotations
@@ -10,13 +17,18 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Request
-from werkzeug.exceptions import RequestEntityTooLarge
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from . import jsonutil
 from .commands import CATALOG, RunRequest
 from .errors import ApiError
 
 MAX_SHORT_FIELD_CHARS = {"title": 1000, "language": 100, "instruction": 4000}
+
+NOT_CHUNKED = "The request body is not valid chunked encoding."
+CHUNKED_CUT_SHORT = ("The request body is not valid chunked encoding: "
+                     "it ended before its last chunk.")
 
 
 def parse_run_request(request: Request, max_text_chars: int, max_body_bytes: int) -> RunRequest:
@@ -34,14 +46,28 @@ def parse_run_request(request: Request, max_text_chars: int, max_body_bytes: int
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise too_large from None
+    except ParseException:
+        raise _invalid(NOT_CHUNKED) from None
+    except ClientDisconnected:
+        raise _incomplete(request) from None
     if len(raw) > max_body_bytes:
         raise too_large
+    if request.content_length is not None and len(raw) < request.content_length:
+        raise _incomplete(request)
     body = _parse_json(raw)
     return _fields(body, max_text_chars)
 
 
 def _too_large(message: str) -> ApiError:
     return ApiError(413, "too_large", message)
+
+
+def _incomplete(request: Request) -> ApiError:
+    """The body ended (EOF or reset) before its Content-Length or its last chunk."""
+    if request.content_length is None:  # chunked: it never sent its terminating 0-size chunk
+        return _invalid(CHUNKED_CUT_SHORT)
+    return _invalid(f"The request body ended before the {request.content_length} bytes "
+                    "its Content-Length announced.")
 
 
 def _parse_json(raw: bytes) -> dict[str, Any]:
@@ -70,12 +96,16 @@ def _fields(body: dict[str, Any], max_text_chars: int) -> RunRequest:
 
 
 def _string(body: dict[str, Any], name: str, required: bool) -> str | None:
-    """A string field: missing, empty or of the wrong type is an error only when required."""
-    value = body.get(name)
-    if value is None:
+    """A string field: absent or blank is an error only when required; present with another
+    type (JSON null included: null is a value, not an absence) always is."""
+    if name not in body:
         if required:
             raise _invalid(f"The field '{name}' is required.")
         return None
+    value = body[name]
+    if value is None:
+        hint = "" if required else "; leave it out when there is none"
+        raise _invalid(f"The field '{name}' must be a string, not null{hint}.")
     if not isinstance(value, str):
         raise _invalid(f"The field '{name}' must be a string.")
     if not value.strip():

@@ -290,6 +290,19 @@ def test_non_string_optional_field(field: str, value: Any) -> None:
     assert names_field(error.message, field), error.message
 
 
+@pytest.mark.parametrize("command", ["summarize", "translate", "custom"])
+@pytest.mark.parametrize("field", ["title", "language", "instruction"])
+def test_null_field_is_invalid_request(field: str, command: str) -> None:
+    """A field present with JSON null is of the wrong type, whether or not the command needs
+    it: 400 invalid_request naming it. (Absent stays fine where the field is optional.)"""
+    body = {"command": command, "text": "hi", "language": "French", "instruction": "Shorten."}
+    assert parse_json(body).command == command
+    error = error_of(parse_json, {**body, field: None})
+    assert (error.code, error.error_code) == (400, "invalid_request")
+    assert names_field(error.message, field), error.message
+    assert "null" in error.message
+
+
 @pytest.mark.parametrize("field", sorted(MAX_SHORT_FIELD_CHARS))
 def test_over_long_short_field(field: str) -> None:
     """A title/language/instruction over its limit is 400 invalid_request naming the field."""
@@ -308,6 +321,73 @@ def test_title_limit_is_1000() -> None:
     assert parse_json({**VALID, "title": "t" * 1000}).title == "t" * 1000
 
 
+# --- bodies that cannot be read whole ----------------------------------------------------------
+
+
+def gunicorn_body(framing: bytes, data: bytes) -> Any:
+    """The wsgi.input gunicorn 27 hands the app: its real parser's Body over ``data``, which
+    ends (as a half-closed socket does) after the given bytes."""
+    from gunicorn.config import Config
+    from gunicorn.http.parser import RequestParser
+
+    head = b"POST /api/run HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n"
+    parsed = next(RequestParser(Config(), [head + data], ("127.0.0.1", 1)))
+    return parsed.body
+
+
+CHUNK = b"%x\r\n%s" % (len(json.dumps(VALID)), json.dumps(VALID).encode())
+
+MALFORMED_CHUNKED = [
+    pytest.param(b"zz\r\n" + json.dumps(VALID).encode() + b"\r\n0\r\n\r\n", id="bad-size"),
+    pytest.param(b"5;=\r\nhello\r\n0\r\n\r\n", id="bad-extension"),
+    pytest.param(CHUNK + b"XX0\r\n\r\n", id="no-crlf-after-data"),
+    pytest.param(CHUNK + b"\r\n0\r\nnot a header\r\n\r\n", id="bad-trailer"),
+    pytest.param(CHUNK + b"\r\n", id="no-last-chunk"),
+    pytest.param(CHUNK + b"\r\n0\r\n", id="last-chunk-without-crlf"),
+    pytest.param(b"100\r\n" + json.dumps(VALID).encode(), id="chunk-shorter-than-announced"),
+    pytest.param(CHUNK, id="data-then-eof"),
+]
+
+
+def test_gunicorn_body_reads_a_valid_chunked_body() -> None:
+    """The helper's real gunicorn body works for a well-formed chunked request."""
+    body = gunicorn_body(b"Transfer-Encoding: chunked", CHUNK + b"\r\n0\r\n\r\n")
+    request = parse(environ_overrides={"wsgi.input": body, "wsgi.input_terminated": True},
+                    headers={"Transfer-Encoding": "chunked"})
+    assert request == RunRequest(**VALID)
+
+
+@pytest.mark.parametrize("data", MALFORMED_CHUNKED)
+def test_malformed_chunked_body_is_invalid_request(data: bytes) -> None:
+    """What gunicorn's ChunkedReader raises for bad framing (its ParseException subclasses) or
+    an early EOF (NoMoreData, which werkzeug turns into ClientDisconnected) is 400
+    invalid_request, not a 500."""
+    body = gunicorn_body(b"Transfer-Encoding: chunked", data)
+    error = error_of(parse, environ_overrides={"wsgi.input": body,
+                                               "wsgi.input_terminated": True},
+                     headers={"Transfer-Encoding": "chunked"})
+    assert (error.code, error.error_code) == (400, "invalid_request")
+    assert "chunked" in error.message and error.message.endswith(".")
+
+
+@pytest.mark.parametrize("terminated", [True, False], ids=["gunicorn", "plain-wsgi"])
+def test_body_shorter_than_content_length_is_invalid_request(terminated: bool) -> None:
+    """A body that ends before its Content-Length is 400 invalid_request, not parsed as if it
+    were whole (under gunicorn the read is simply short; elsewhere werkzeug raises
+    ClientDisconnected)."""
+    raw = json.dumps(VALID).encode()
+    announced = len(raw) + 10
+    environ: dict[str, Any] = {"CONTENT_LENGTH": str(announced)}
+    if terminated:  # as gunicorn: its own body reader, and wsgi.input_terminated
+        environ["wsgi.input"] = gunicorn_body(b"Content-Length: %d" % announced, raw)
+        environ["wsgi.input_terminated"] = True
+    else:
+        environ["wsgi.input"] = io.BytesIO(raw)
+    error = error_of(parse, environ_overrides=environ)
+    assert (error.code, error.error_code) == (400, "invalid_request")
+    assert "Content-Length" in error.message and error.message.endswith(".")
+
+
 # --- valid requests ------------------------------------------------------------------------
 
 
@@ -324,7 +404,7 @@ def test_title_limit_is_1000() -> None:
          RunRequest("custom", "x", instruction="Count {words}.")),
         ({"command": "explain", "text": "  padded \n", "title": "   "},
          RunRequest("explain", "  padded \n")),
-        ({"command": "rewrite", "text": "r", "title": None, "language": None},
+        ({"command": "rewrite", "text": "r", "title": "", "language": " "},
          RunRequest("rewrite", "r")),
         ({"command": "rewrite", "text": "r", "extra": [1, 2], "stream": True},
          RunRequest("rewrite", "r")),

@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from .config import Settings
 
 
+def follow_block_seconds(settings: Settings) -> float:
+    """How long a follower through Redis blocks per read: short enough to send its heartbeat,
+    renew its attachment within the grace, and look at the generating worker every second."""
+    block = min(settings.heartbeat_seconds, 1.0)
+    if settings.resume_grace_seconds > 0:
+        block = min(block, settings.resume_grace_seconds / 3)
+    return max(block, 0.05)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; raises :class:`axrisi.config.ConfigError` for an invalid setting."""
     from flask import Flask
@@ -25,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .config import Settings
     from .ids import IdAllocator, LocalIds, SharedIds
     from .lifecycle import Lifecycle
+    from .mirror import EventMirror
     from .providers import build_provider
     from .resume import RedisEvents
     from .shared import SharedStore
@@ -41,20 +51,27 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics.REDIS_UP.set(1)
         store.listeners.append(lambda up: metrics.REDIS_UP.set(1 if up else 0))
     app.extensions["axrisi.shared"] = store
+    if store is not None:
+        app.before_request(store.begin_request)
     limits_ = quotas.Quotas(settings, store)
     app.extensions["axrisi.quotas"] = limits_
-    quotas.init_rate_limit(app, settings)
+    quotas.init_rate_limit(app, settings, store)
     ids: IdAllocator = SharedIds(store) if store is not None else LocalIds()
 
     def stream_ended(stream: Stream) -> None:
         limits_.stream_ended(stream.user, stream.lease, StreamRegistry.tokens_used(stream))
 
-    mirror = None
+    mirror = events = None
     if store is not None:
-        mirror = RedisEvents(store, settings.resume_ttl_seconds,
+        mirror = EventMirror(store, settings.resume_ttl_seconds,
                              running_ttl_seconds=int(settings.upstream_timeout_seconds * 2),
-                             max_events=settings.resume_max_events)
-    app.extensions["axrisi.mirror"] = mirror
+                             max_events=settings.resume_max_events,
+                             lease_seconds=settings.stream_lease_seconds)
+        events = RedisEvents(store, mirror, settings.resume_ttl_seconds,
+                             lease_seconds=settings.stream_lease_seconds,
+                             block_seconds=follow_block_seconds(settings))
+        mirror.start()
+    app.extensions["axrisi.events"] = events
     app.extensions["axrisi.streams"] = StreamRegistry(
         provider=build_provider(settings),
         ids=ids,
@@ -68,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         owner_key=quotas.user_key,
         on_end=stream_ended,
         mirror=mirror,
+        attached_elsewhere=events.is_attached if events is not None else None,
     )
     registry = app.extensions["axrisi.streams"]
     app.extensions["axrisi.lifecycle"] = Lifecycle(registry, settings.max_streams)

@@ -18,7 +18,15 @@ from .config import Settings
 from .errors import ApiError
 from .lifecycle import Lifecycle
 from .quotas import Quotas, rate_limiter
-from .resume import RedisEvents, not_found, parse_stream_id, resume_position
+from .resume import (
+    CannotTell,
+    RedisEvents,
+    bad_last_event_id,
+    not_found,
+    parse_stream_id,
+    resume_position,
+    unavailable,
+)
 from .streaming import relay, relay_remote, sse_response
 from .streams import Stream, StreamRegistry
 from .validation import parse_run_request
@@ -34,8 +42,8 @@ def _registry() -> StreamRegistry:
     return current_app.extensions["axrisi.streams"]  # type: ignore[no-any-return]
 
 
-def _mirror() -> RedisEvents | None:
-    return current_app.extensions["axrisi.mirror"]  # type: ignore[no-any-return]
+def _events() -> RedisEvents | None:
+    return current_app.extensions["axrisi.events"]  # type: ignore[no-any-return]
 
 
 def _quotas() -> Quotas:
@@ -82,30 +90,56 @@ def run() -> Response:
 @bp.get("/api/streams/<stream_id>")
 @authenticated
 def resume(stream_id: str) -> Response:
-    """Replay the events after Last-Event-ID, then follow the stream live to its end."""
-    settings = _settings()
+    """Replay the events after Last-Event-ID, then follow the stream live to its end.
+
+    ``204`` when the id is the stream's terminal event (nothing more: a plain EventSource stops
+    reconnecting on it); ``503`` when Redis cannot tell whether the stream exists (never 404).
+    """
     number = parse_stream_id(stream_id)
     last_event_id = request.headers.get("Last-Event-ID", request.args.get("lastEventId"))
     position = resume_position(number, last_event_id)
     owner = user_key(current_user())
-    socket = request.environ.get("gunicorn.socket")
-    registry = _registry()
-    stream = registry.lookup(number)
+    stream = _registry().lookup(number)
     if stream is not None:
         if stream.owner_key != owner:
             raise not_found()
-        _check_position(position, stream.log.base, stream.log.next_seq)
-        return _stream_response(relay(registry, stream, position, socket,
-                                      heartbeat=settings.heartbeat_seconds,
-                                      send_timeout=settings.send_timeout_seconds,
-                                      on_close=_log_at_close(stream)))
-    mirror = _mirror()
-    if mirror is None or mirror.owner(number) != owner:
+        return _resume_local(stream, position)
+    events = _events()
+    if events is None:
         raise not_found()
-    # None: the owner is known but no event has reached Redis yet (writes are batched).
-    first_kept = mirror.first_kept_seq(number) or 0
-    _check_position(position, first_kept, None)
-    return _stream_response(relay_remote(mirror, number, position, socket,
+    return _resume_remote(events, number, owner, position)
+
+
+def _resume_local(stream: Stream, position: int) -> Response:
+    """A stream of this worker, followed through its in-memory event log."""
+    event_log = stream.log
+    _check_position(position, event_log.base, event_log.next_seq)
+    if event_log.finished_at(position):
+        return Response(status=204)
+    settings = _settings()
+    return _stream_response(relay(_registry(), stream, position,
+                                  request.environ.get("gunicorn.socket"),
+                                  heartbeat=settings.heartbeat_seconds,
+                                  send_timeout=settings.send_timeout_seconds,
+                                  on_close=_log_at_close(stream)))
+
+
+def _resume_remote(events: RedisEvents, number: int, owner: str, position: int) -> Response:
+    """A stream of another worker or instance, followed through Redis."""
+    try:
+        remote = events.probe(number, owner)
+        if remote is None:
+            raise not_found()
+        if position > remote.top + 1:
+            remote = events.past_end(number, owner, position, remote)
+    except CannotTell:
+        raise unavailable() from None
+    _check_position(position, remote.first, remote.top + 1)
+    if remote.ended and position == remote.top + 1:
+        return Response(status=204)
+    settings = _settings()
+    return _stream_response(relay_remote(events, number, position,
+                                         request.environ.get("gunicorn.socket"),
                                          heartbeat=settings.heartbeat_seconds,
                                          send_timeout=settings.send_timeout_seconds,
                                          grace=settings.resume_grace_seconds,
@@ -139,8 +173,7 @@ def _log_at_close(stream: Stream | None) -> Callable[[], None]:
 def _check_position(position: int, first_kept: int, next_seq: int | None) -> None:
     """400 for an id past the stream's events; 404 for one whose successors were dropped."""
     if next_seq is not None and position > next_seq:
-        raise ApiError(400, "invalid_request",
-                       "Last-Event-ID is not the id of an event of this stream.")
+        raise bad_last_event_id()
     if position < first_kept:
         raise ApiError(404, "not_found",
                        "The events after that id are no longer kept; start a new stream.")

@@ -55,6 +55,7 @@ class SharedIds:
     def next_id(self) -> int:
         now = int(time.time() * 1000)
         value = self.store.run(lambda _r: int(self._script(keys=[self.key], args=[now])),
-                               self.local.next_id)
+                               self.local.next_id, "stream_id",
+                               check=True)
         self.local._last = max(self.local._last, value)
         return value

@@ -45,6 +45,9 @@ GREENLETS = Gauge("axrisi_greenlets",
                   multiprocess_mode="liveall")
 REDIS_UP = Gauge("axrisi_redis_up", "1 while Redis answers, 0 while limits are per process.",
                  multiprocess_mode="min")
+REDIS_FALLBACKS = Counter("axrisi_redis_fallbacks_total",
+                          "Redis calls that took their fallback (Redis slow or down).",
+                          ["operation"])
 
 
 def count_greenlets() -> None:

@@ -4,8 +4,8 @@ The user is the JWT's ``sub``, never the IP. Each limit lives in Redis when ``RE
 (so that it holds across workers and instances) and in the process otherwise:
 
 * **request rate**: flask-limiter with ``AXRISI_RATE_LIMIT`` (its own notation), moving window,
-  ``429 rate_limited`` with ``Retry-After``. On a Redis error flask-limiter falls back to its
-  in-memory limiter and checks the storage again with a growing back-off.
+  ``429 rate_limited`` with ``Retry-After``. Its storage (``limitstore``) goes through the shared
+  store's fault model; while Redis cannot count, each worker counts its share in memory.
 * **open streams**: at most ``AXRISI_MAX_STREAMS_PER_USER`` at once (0 = no limit). A slot is an
   expiring lease (a member of a per-user sorted set scored by its expiry), renewed by one greenlet
   per worker while the stream generates and removed on every way out; a worker that dies stops
@@ -39,6 +39,7 @@ from . import metrics
 from .auth import user_key
 from .config import Settings
 from .errors import ApiError, json_error
+from .limitstore import SCHEME
 from .shared import SharedStore, redis_options
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class StreamSlots:
         self.store = store
         self.local: dict[str, set[str]] = {}
         self.held: set[Lease] = set()
+        self.unreleased: list[Lease] = []
         self._renewer: gevent.Greenlet | None = None
         if store is not None:
             self._acquire = store.client.register_script(_ACQUIRE)
@@ -94,7 +96,8 @@ class StreamSlots:
         if self.limit <= 0:
             return lease
         if self.store is not None:
-            ok = self.store.run(lambda _r: self._acquire_shared(lease), lambda: None)
+            ok = self.store.run(lambda _r: self._acquire_shared(lease), lambda: None,
+                                "slot_acquire", check=True)
             if ok is not None:
                 return self._hold(lease) if ok else None
         open_here = self.local.setdefault(key, set())
@@ -110,13 +113,20 @@ class StreamSlots:
         self.held.discard(lease)
         metrics.OPEN_STREAM_SLOTS.dec()
         if lease.shared and self.store is not None:
-            self.store.run(lambda r: r.zrem(_slots_key(lease.user_key), lease.id), lambda: 0)
+            self.store.run(lambda r: r.zrem(_slots_key(lease.user_key), lease.id),
+                           lambda: self._release_later(lease), "slot_release")
         else:
             open_here = self.local.get(lease.user_key)
             if open_here is not None:
                 open_here.discard(lease.id)
                 if not open_here:
                     del self.local[lease.user_key]
+
+    def _release_later(self, lease: Lease) -> None:
+        """Redis did not take the release: the renewer retries it (else the slot stays taken
+        until its lease lapses, a minute by default)."""
+        self.unreleased.append(lease)
+        self._start_renewer()
 
     def _acquire_shared(self, lease: Lease) -> bool:
         got = int(self._acquire(keys=[_slots_key(lease.user_key)],
@@ -127,23 +137,33 @@ class StreamSlots:
     def _hold(self, lease: Lease) -> Lease:
         self.held.add(lease)
         metrics.OPEN_STREAM_SLOTS.inc()
-        if lease.shared and (self._renewer is None or self._renewer.dead):
-            self._renewer = gevent.spawn(self._renew_forever)
+        if lease.shared:
+            self._start_renewer()
         return lease
 
-    def _renew_forever(self) -> None:
-        """One greenlet per worker renews every shared lease at a third of its lifetime."""
-        while any(lease.shared for lease in self.held):
-            gevent.sleep(self.lease_ms / 3000)
-            shared = [lease for lease in self.held if lease.shared]
-            if shared and self.store is not None:
-                self.store.run(lambda r, leases=shared: self._renew_all(r, leases), lambda: None)
+    def _start_renewer(self) -> None:
+        if self._renewer is None or self._renewer.dead:
+            self._renewer = gevent.spawn(self._renew_forever)
 
-    def _renew_all(self, client: Any, leases: list[Lease]) -> None:
+    def _renew_forever(self) -> None:
+        """One greenlet per worker renews every shared lease at a third of its lifetime, and
+        retries the releases that Redis did not take (every second until it does)."""
+        while self.unreleased or any(lease.shared for lease in self.held):
+            gevent.sleep(min(self.lease_ms / 3000, 1.0) if self.unreleased
+                         else self.lease_ms / 3000)
+            shared = [lease for lease in self.held if lease.shared]
+            gone, self.unreleased = self.unreleased, []
+            if (shared or gone) and self.store is not None:
+                self.store.run(lambda r, s=shared, g=gone: self._renew_all(r, s, g),
+                               lambda g=gone: self.unreleased.extend(g), "slot_renew")
+
+    def _renew_all(self, client: Any, leases: list[Lease], gone: list[Lease]) -> None:
         pipe = client.pipeline(transaction=False)
         for lease in leases:
             self._renew(keys=[_slots_key(lease.user_key)], args=[self.lease_ms, lease.id],
                         client=pipe)
+        for lease in gone:
+            pipe.zrem(_slots_key(lease.user_key), lease.id)
         pipe.execute()
 
 
@@ -166,7 +186,7 @@ class TokenQuota:
     def retry_after(self, user: str) -> int | None:
         """None while the user has tokens left; else seconds until the window resets."""
         key = user_key(user)
-        return self._on(lambda limiter: _seconds_left(limiter, self.item, key))
+        return self._on(lambda limiter: _seconds_left(limiter, self.item, key), check=True)
 
     def charge(self, user: str, tokens: int) -> None:
         """Count ``tokens`` against the user's quota (it may go past the line: see above)."""
@@ -174,11 +194,12 @@ class TokenQuota:
             key = user_key(user)
             self._on(lambda limiter: limiter.hit(self.item, key, cost=tokens))
 
-    def _on(self, operation: Callable[[Any], Any]) -> Any:
+    def _on(self, operation: Callable[[Any], Any], check: bool = False) -> Any:
         if self.shared is None or self.store is None:
             return operation(self.local)
         shared = self.shared
-        return self.store.run(lambda _r: operation(shared), lambda: operation(self.local))
+        return self.store.run(lambda _r: operation(shared), lambda: operation(self.local),
+                              "token_quota", check=check)
 
 
 def _seconds_left(limiter: Any, item: Any, key: str) -> int | None:
@@ -226,15 +247,16 @@ rate_limiter = Limiter(
 )
 
 
-def init_rate_limit(app: Flask, settings: Settings) -> None:
-    """Configure flask-limiter: storage, fallback, and the contract's 429 body."""
+def init_rate_limit(app: Flask, settings: Settings, store: SharedStore | None) -> None:
+    """Configure flask-limiter: storage (see ``limitstore``), and the contract's 429 body."""
     limits.parse_many(settings.rate_limit)  # the authority on the notation
-    app.config.update(
-        RATELIMIT_STORAGE_URI=settings.redis_url or "memory://",
-        RATELIMIT_STORAGE_OPTIONS=redis_options() if settings.redis_url else {},
-        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=bool(settings.redis_url),
-        RATELIMIT_IN_MEMORY_FALLBACK=settings.rate_limit,
-    )
+    if store is not None:
+        app.config.update(
+            RATELIMIT_STORAGE_URI=SCHEME + store.url,
+            RATELIMIT_STORAGE_OPTIONS={"store": store, "workers": settings.web_concurrency},
+        )
+    else:
+        app.config.update(RATELIMIT_STORAGE_URI="memory://")
     rate_limiter.init_app(app)
 
     @app.errorhandler(RateLimitExceeded)
@@ -244,10 +266,22 @@ def init_rate_limit(app: Flask, settings: Settings) -> None:
 
 
 def _rate_retry_after() -> int:
+    """Seconds until the breached limit admits again: from 1 to its window's length.
+
+    With the moving window, that is when the oldest hit in the window leaves it: at exactly
+    ``oldest + expiry`` (the window stats' first figure), where the hit still counts (the
+    ``limits`` package compares with ``>=``), so the answer is the whole seconds to that
+    instant plus one, capped at the window. Not flask-limiter's ``RequestLimit.reset_at``: it
+    is ``int(oldest + expiry + 1)``, already rounded up, and rounding it up again said 61 for a
+    60-second window.
+    """
     try:
         current = rate_limiter.current_limit
         if current is not None:
-            return max(1, math.ceil(current.reset_at - time.time()))
+            window_seconds = current.limit.get_expiry()
+            reset, _remaining = current.window
+            wait = math.floor(max(0.0, reset - time.time())) + 1
+            return max(1, min(window_seconds, wait))
     except Exception:  # the storage may be gone; a conservative answer beats none
         log.warning("could not read the rate limit window")
     return 60

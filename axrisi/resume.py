@@ -1,12 +1,24 @@
-"""Resumable streams across processes: events mirrored to Redis Streams, read back anywhere.
+"""Resumable streams across processes: the reading side of the events mirrored to Redis.
 
-With ``REDIS_URL`` set, every event of every stream is also written to a Redis stream whose entry
-ids are the events' own ids (``<commandId>-<n>`` is a valid Redis stream id, and increases), so
-a client whose reconnect lands on another worker or instance can be served with ``XREAD`` from
-the id it last saw: the replay and the live tail are one loop. Writes are batched: appends go to
-a per-worker buffer that one greenlet flushes in a pipeline every few milliseconds, so the relay
-never waits on Redis per token. Keys are capped (``MAXLEN ~``) and expire
-``AXRISI_RESUME_TTL_SECONDS`` after the stream ends.
+A client whose reconnect lands on another worker or instance is served from the Redis stream
+that :mod:`axrisi.mirror` writes, whose entry ids are the events' own ids (``<commandId>-<n>``
+is a valid Redis stream id, and increases): ``XREAD`` from the id the client last saw is the
+replay and the live tail in one loop.
+
+What a reader can conclude, and what it cannot:
+
+* **Unknown is not "cannot tell now".** A stream Redis does not know is ``404`` only when Redis
+  answered and every live worker has written every stream it started before that id
+  (``axrisi:synced``), and Redis's dataset did not just restart empty while this worker was
+  registered (its writers are still putting the streams back). Otherwise, and whenever Redis does
+  not answer, :class:`CannotTell`: the API answers ``503`` with ``Retry-After``.
+* **Never a hole.** Entries must arrive with consecutive positions; a gap (events the
+  generating worker lost before it could write them) ends the reply with an ``internal`` error.
+* **No reader waits forever.** When the generating worker's lease in ``axrisi:workers`` lapsed
+  (SIGKILL, OOM, a machine lost) on two looks some seconds apart, the reader ends the stream in
+  Redis with an ``internal`` error event, atomically and only if nobody ended it first, so every
+  reader gets the same terminal event. A Redis that stays unreachable longer than the lease ends
+  the reply with an ``internal`` error too.
 
 A follower attached through Redis marks the stream as attached (a key it keeps renewing), so
 that the generating worker's grace timer does not cancel a stream that somebody reads elsewhere.
@@ -16,23 +28,60 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
 
 import gevent
-import redis
 
+from . import jsonutil, sse
 from .errors import ApiError
-from .shared import SharedStore, redis_options
+from .mirror import (
+    BOOT_KEY,
+    HEARTBEAT_SECONDS,
+    SYNCED_KEY,
+    WORKERS_KEY,
+    EventMirror,
+    attached_key,
+    events_key,
+    meta_key,
+    now_ms,
+)
+from .shared import OUTAGE_ERRORS, SharedStore
 
 log = logging.getLogger(__name__)
 
-FLUSH_SECONDS = 0.005
 _STREAM_ID = re.compile(r"^[1-9][0-9]{0,18}$")
+_SEQ = re.compile(r"^[0-9]{1,12}$")
+RESTART_WINDOW_MS = 5000
+"""After Redis restarted empty, how long its writers get to put the streams back."""
+ORPHAN_CONFIRM_SECONDS = 2 * HEARTBEAT_SECONDS
+"""A lapsed lease must still be lapsed this much later (a worker renews every second)."""
+PAST_END_WAIT_SECONDS = 3 * HEARTBEAT_SECONDS
+LOST_MESSAGE = "The stream's events could not be read to its end; please start it again."
+
+
+class CannotTell(Exception):
+    """Redis could not answer, or cannot know yet: the client should retry shortly."""
+
+
+class StreamLost(Exception):
+    """The stream cannot be followed to its end (its worker is gone, or its events are)."""
 
 
 def not_found() -> ApiError:
     return ApiError(404, "not_found", "There is no such stream, or it has expired.")
+
+
+def bad_last_event_id() -> ApiError:
+    return ApiError(400, "invalid_request",
+                    "Last-Event-ID is not the id of an event of this stream.")
+
+
+def unavailable() -> ApiError:
+    return ApiError(503, "unavailable",
+                    "The stream cannot be looked up right now; try again shortly.",
+                    {"Retry-After": "1"})
 
 
 def parse_stream_id(value: str) -> int:
@@ -47,132 +96,244 @@ def resume_position(stream_id: int, last_event_id: str | None) -> int:
     if last_event_id is None or last_event_id.strip() == "":
         return 0
     prefix, _, seq = last_event_id.strip().rpartition("-")
-    if prefix != str(stream_id) or not seq.isdigit() or len(seq) > 12:
-        raise ApiError(400, "invalid_request",
-                       "Last-Event-ID is not the id of an event of this stream.")
+    if prefix != str(stream_id) or not _SEQ.match(seq):
+        raise bad_last_event_id()
     return int(seq) + 1
 
 
-def events_key(stream_id: int) -> str:
-    return f"axrisi:events:{stream_id}"
+def seq_of(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.rpartition("-")[2])
 
 
-def owner_key(stream_id: int) -> str:
-    return f"axrisi:owner:{stream_id}"
+_PROBE = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner then
+  local now = tonumber(ARGV[2])
+  local boot = redis.call('GET', KEYS[5])
+  if not boot then return {'unsure'} end
+  boot = tonumber(boot)
+  if boot > tonumber(ARGV[4]) and now - boot < tonumber(ARGV[5]) then return {'unsure'} end
+  local id = tonumber(ARGV[3])
+  if id <= now + 60000 then
+    for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')) do
+      if tonumber(redis.call('HGET', KEYS[4], worker) or '0') <= id then return {'unsure'} end
+    end
+  end
+  return {'unknown'}
+end
+if owner ~= ARGV[1] then return {'unknown'} end
+local first, top, ended = 0, -1, 0
+local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '%-(%d+)$')) end
+local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #newest > 0 then
+  top = tonumber(string.match(newest[1][1], '%-(%d+)$'))
+  for i = 1, #newest[1][2], 2 do
+    if newest[1][2][i] == 't' then ended = 1 end
+  end
+end
+return {'ok', first, top, ended, redis.call('HGET', KEYS[1], 'worker') or ''}
+"""
+"""What Redis knows of a stream, for this owner: {'ok', first, top, ended, worker}, or why not."""
+
+_ORPHAN = """
+local worker = redis.call('HGET', KEYS[2], 'worker')
+if not worker then return 'unknown' end
+local lease = redis.call('ZSCORE', KEYS[3], worker)
+if lease and tonumber(lease) >= tonumber(ARGV[2]) then return 'alive' end
+local top = -1
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest > 0 then
+  top = tonumber(string.match(newest[1][1], '%-(%d+)$'))
+  for i = 1, #newest[1][2], 2 do
+    if newest[1][2][i] == 't' then return 'ended' end
+  end
+end
+if ARGV[3] == '0' then return 'orphan' end
+local id = ARGV[1] .. '-' .. (top + 1)
+local frame = 'id: ' .. id .. '\\nevent: error\\ndata: ' .. ARGV[4] .. '\\n\\n'
+redis.call('XADD', KEYS[1], id, 'f', frame, 't', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 'ended'
+"""
+"""Is the stream's worker alive? With ARGV[3] = '1', end an orphaned stream with an error."""
 
 
-def attached_key(stream_id: int) -> str:
-    return f"axrisi:attached:{stream_id}"
+@dataclass
+class RemoteStream:
+    """What Redis holds of a stream that the caller owns."""
+
+    first: int
+    """The oldest kept position (0 while none is written yet)."""
+    top: int
+    """The newest position written (-1: none yet)."""
+    ended: bool
+    worker: str
 
 
 class RedisEvents:
-    """The Redis side of resumable streams: a batched writer and a blocking reader."""
+    """The Redis side of resumable streams for readers: look-ups and a blocking follower."""
 
-    def __init__(self, store: SharedStore, ttl_seconds: int, running_ttl_seconds: int,
-                 max_events: int) -> None:
+    def __init__(self, store: SharedStore, mirror: EventMirror, ttl_seconds: int,
+                 lease_seconds: float, block_seconds: float) -> None:
         self.store = store
-        self.ttl = ttl_seconds
-        self.running_ttl = max(running_ttl_seconds, ttl_seconds)
-        self.max_events = max_events
-        self.pending: list[tuple[int, int, bytes, bool]] = []
-        self._flusher: gevent.Greenlet | None = None
-        self.reader = redis.Redis.from_url(store.url, **{**redis_options(),
-                                                         "socket_timeout": None})
+        self.mirror = mirror
+        self.ttl_ms = ttl_seconds * 1000
+        self.lease_seconds = lease_seconds
+        self.block_seconds = block_seconds
+        self.reader = store.reader(block_seconds)
+        self._probe = store.client.register_script(_PROBE)
+        self._orphan = store.client.register_script(_ORPHAN)
 
-    # Writing ------------------------------------------------------------------------------
+    # Look-ups before a reply starts -------------------------------------------------------------
 
-    def register(self, stream_id: int, owner: str) -> None:
-        """Record the stream's owner (a user key) so that other instances can check it."""
-        self.store.run(lambda r: r.set(owner_key(stream_id), owner, ex=self.running_ttl),
-                       lambda: None)
-
-    def on_append(self, log_: Any, seq: int, frame: bytes, final: bool) -> None:
-        """EventLog hook: queue the event; the flusher sends it within a few milliseconds."""
-        self.pending.append((log_.stream_id, seq, frame, final))
-        if self._flusher is None:
-            self._flusher = gevent.spawn_later(FLUSH_SECONDS, self._flush)
-
-    def _flush(self) -> None:
-        batch, self.pending = self.pending, []
-        self._flusher = None
-        if batch:
-            self.store.run(lambda r: self._write(r, batch), lambda: None)
-
-    def _write(self, client: redis.Redis, batch: list[tuple[int, int, bytes, bool]]) -> None:
-        pipe = client.pipeline(transaction=False)
-        ttl_of: dict[int, int] = {}
-        for stream_id, seq, frame, final in batch:
-            fields: dict[str, Any] = {"f": frame}
-            if final:
-                fields["t"] = 1
-            pipe.xadd(events_key(stream_id), fields, id=f"{stream_id}-{seq}",
-                      maxlen=self.max_events, approximate=True)
-            ttl_of[stream_id] = self.ttl if final else max(ttl_of.get(stream_id, 0),
-                                                           self.running_ttl)
-        for stream_id, ttl in ttl_of.items():
-            pipe.expire(events_key(stream_id), ttl)
-            pipe.expire(owner_key(stream_id), ttl)
-        pipe.execute()
-
-    # Reading ------------------------------------------------------------------------------
-
-    def owner(self, stream_id: int) -> str | None:
-        """The stream's owner key, or None when Redis does not know the stream (or is down)."""
-        value = self.store.run(lambda r: r.get(owner_key(stream_id)), lambda: None)
-        return value.decode() if isinstance(value, bytes) else value
-
-    def first_kept_seq(self, stream_id: int) -> int | None:
-        """The oldest kept event's position, or None when none is kept."""
-        entries = self.store.run(lambda r: r.xrange(events_key(stream_id), count=1), lambda: [])
-        if not entries:
+    def probe(self, stream_id: int, owner: str) -> RemoteStream | None:
+        """The stream, or None when Redis knows that this owner has no such stream."""
+        try:
+            reply = self._probe(
+                keys=[meta_key(stream_id), events_key(stream_id), WORKERS_KEY, SYNCED_KEY,
+                      BOOT_KEY],
+                args=[owner, now_ms(), stream_id, self.mirror.first_beat_ms, RESTART_WINDOW_MS])
+        except OUTAGE_ERRORS as error:
+            self.store.failed(error, check=True)
+            raise CannotTell() from None
+        self.store.succeeded()
+        verdict = reply[0].decode()
+        if verdict == "unsure":
+            raise CannotTell()
+        if verdict == "unknown":
             return None
-        return int(entries[0][0].decode().rpartition("-")[2])
+        first, top, ended, worker = reply[1:]
+        return RemoteStream(int(first), int(top), bool(ended), worker.decode())
 
-    def follow(self, stream_id: int, position: int, block_seconds: float,
-               ) -> Iterator[list[bytes] | None]:
-        """Batches of frames from ``position`` on; None after ``block_seconds`` of silence.
-
-        Ends after the terminal event, or when the stream's key is gone.
+    def past_end(self, stream_id: int, owner: str, position: int,
+                 stream: RemoteStream) -> RemoteStream:
+        """``position`` is past what Redis holds: wait until the generating worker has written
+        everything it had when we asked; then it is either there, or truly past the end (400).
         """
-        last = f"{stream_id}-{position - 1}" if position > 0 else "0-0"
+        asked = now_ms()
+        deadline = time.monotonic() + PAST_END_WAIT_SECONDS
+        while position > stream.top + 1 and not stream.ended:
+            if time.monotonic() > deadline:
+                raise CannotTell()
+            gevent.sleep(0.1)
+            worker = stream.worker
+            synced = self.store.run(lambda r, w=worker: r.hget(SYNCED_KEY, w), lambda: None,
+                                    "resume_past_end")
+            again = self.probe(stream_id, owner)
+            if again is None:
+                raise CannotTell()
+            stream = again
+            if synced is not None and int(synced) >= asked and position > stream.top + 1:
+                break
+        if position > stream.top + 1:
+            raise bad_last_event_id()
+        return stream
+
+    # Following a stream -------------------------------------------------------------------------
+
+    def follow(self, stream_id: int, position: int) -> Iterator[list[bytes] | None]:
+        """Batches of frames from ``position`` on; None after each block of silence.
+
+        Ends after the terminal event; raises :class:`StreamLost` when the stream cannot be
+        followed to its end (see the module's docstring).
+        """
         key = events_key(stream_id)
-        if self._ended_before(key, position):
-            return
+        last = f"{stream_id}-{position - 1}" if position > 0 else "0-0"
+        watch = _OrphanWatch(self, stream_id)
+        unreachable_since: float | None = None
         while True:
-            reply = self.reader.xread({key: last}, count=1000,
-                                      block=max(1, int(block_seconds * 1000)))
+            try:
+                reply = self.reader.xread({key: last}, count=1000,
+                                          block=max(1, int(self.block_seconds * 1000)))
+            except OUTAGE_ERRORS:
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > self.lease_seconds:
+                    raise StreamLost("Redis unreachable") from None
+                yield None
+                gevent.sleep(0.2)
+                continue
+            unreachable_since = None
             if not reply:
-                if not self.reader.exists(key, owner_key(stream_id)):
-                    return
+                watch.check()
                 yield None
                 continue
-            frames = []
-            ended = False
+            frames, ended = [], False
             for entry_id, fields in reply[0][1]:
-                last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                if seq_of(entry_id) != position:
+                    raise StreamLost("a gap in the events")
+                position += 1
+                last = entry_id
                 frames.append(fields[b"f"])
                 ended = ended or b"t" in fields
+            watch.reset()
             yield frames
             if ended:
                 return
 
-    def _ended_before(self, key: str, position: int) -> bool:
-        """True when the terminal event is already behind ``position``: nothing to wait for."""
-        newest = self.reader.xrevrange(key, count=1)
-        if not newest:
-            return False
-        entry_id, fields = newest[0]
-        seq = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
-                  .rpartition("-")[2])
-        return b"t" in fields and seq < position
+    def end_orphan(self, stream_id: int, write: bool) -> str:
+        """'alive', 'ended', 'unknown' or 'orphan'; with ``write``, end an orphan (→ 'ended')."""
+        data = jsonutil.dumps({"error": LOST_MESSAGE, "code": "internal",
+                               "commandId": stream_id}).decode()
+        reply = self.store.run(
+            lambda r: self._orphan(keys=[events_key(stream_id), meta_key(stream_id),
+                                         WORKERS_KEY],
+                                   args=[stream_id, now_ms(), int(write), data, self.ttl_ms],
+                                   client=r),
+            lambda: b"unreachable", "resume_orphan_check")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def lost_frame(self, stream_id: int, position: int) -> bytes:
+        """The terminal event a reader gets when the stream cannot be followed to its end."""
+        return sse.event(f"{stream_id}-{position}",
+                         {"error": LOST_MESSAGE, "code": "internal", "commandId": stream_id},
+                         "error")
+
+    # Attachment, for the generating worker's grace -----------------------------------------------
 
     def mark_attached(self, stream_id: int, seconds: float) -> None:
         """Tell the generating worker that a client reads this stream through Redis."""
         self.store.run(lambda r: r.set(attached_key(stream_id), 1,
-                                       px=max(1000, int(seconds * 1000))), lambda: None)
+                                       px=max(1000, int(seconds * 1000))), lambda: None,
+                       "resume_attach")
 
     def clear_attached(self, stream_id: int) -> None:
-        self.store.run(lambda r: r.delete(attached_key(stream_id)), lambda: None)
+        self.store.run(lambda r: r.delete(attached_key(stream_id)), lambda: None,
+                       "resume_detach")
 
     def is_attached(self, stream_id: int) -> bool:
-        return bool(self.store.run(lambda r: r.exists(attached_key(stream_id)), lambda: 0))
+        """Whether a reader elsewhere follows the stream; True when Redis cannot tell, so that
+        an outage never cancels a stream that somebody may be reading."""
+        return bool(self.store.run(lambda r: r.exists(attached_key(stream_id)), lambda: 1,
+                                   "resume_is_attached"))
+
+
+class _OrphanWatch:
+    """A follower's look at the generating worker during silences: two looks, then the end."""
+
+    def __init__(self, events: RedisEvents, stream_id: int) -> None:
+        self.events = events
+        self.stream_id = stream_id
+        self.orphan_since: float | None = None
+        self.unknown_since: float | None = None
+
+    def reset(self) -> None:
+        self.orphan_since = self.unknown_since = None
+
+    def check(self) -> None:
+        """Raise :class:`StreamLost` once the stream is orphaned for good; else return."""
+        now = time.monotonic()
+        confirmed = self.orphan_since is not None and \
+            now - self.orphan_since >= ORPHAN_CONFIRM_SECONDS
+        state = self.events.end_orphan(self.stream_id, write=confirmed)
+        if state == "orphan":
+            self.orphan_since = self.orphan_since or now
+        elif state == "unknown":
+            # Redis lost the stream (a restart) and its worker has not written it back.
+            self.unknown_since = self.unknown_since or now
+            if now - self.unknown_since > self.events.lease_seconds:
+                raise StreamLost("the stream is gone from Redis")
+        elif state != "ended":
+            self.reset()

@@ -1,72 +1,133 @@
-"""The Redis connection that workers and instances share, and what happens when it is gone.
+"""The Redis connection that workers and instances share, and the fault model around it.
 
-With ``REDIS_URL`` set, per-user limits, stream ids (and later resumable events) live in Redis so
-that they hold for the whole deployment. Redis can go away; streaming must not. Every use goes
-through :meth:`SharedStore.run` with a per-process fallback: on a Redis error the store is marked
-down for a second and the fallbacks answer (a warning in the log says limits are per process
-now); the next call after that second tries Redis again, and a recovery is logged. Timeouts are
-short and redis-py's retries are off, so no request waits on a dead Redis for more than a
-fraction of a second.
+With ``REDIS_URL`` set, per-user limits, stream ids and resumable events live in Redis so that
+they hold for the whole deployment. Redis can be slow (a snapshot fork, a failover, a noisy
+neighbour) or briefly unreachable; streaming must go on, and a slow reply is not an outage.
+
+* **Deadlines by kind of call.** A check on the request path (a limit, an id, a resume's
+  lookup) waits at most :data:`CHECK_SECONDS`; a background write (the event mirror, lease
+  renewals) :data:`WRITE_SECONDS`; a blocking read waits its block time plus
+  :data:`WRITE_SECONDS`. On this 2-core machine a gevent socket timeout also counts time spent
+  waiting for the hub, so none of them is shorter than a second.
+* **Retries where safe.** A connection that fails (a pooled socket from before a Redis restart)
+  is retried once on a fresh one; every command we send is idempotent or harmless twice.
+* **The breaker** opens on a connection failure or on :data:`TIMEOUTS_TO_OPEN` timeouts in a
+  row, never on one slow reply; while open, calls take their fallback at once, and after
+  :data:`RETRY_AFTER_FAILURE_SECONDS` the next call tries Redis again. Each fallback taken is
+  counted in ``axrisi_redis_fallbacks_total{operation}``; ``axrisi_redis_up`` is 0 while open.
+* **One wait per request.** Once a check of a request has timed out, that request's further
+  checks take their fallbacks at once, so a hung Redis delays a request by one deadline, not
+  one per check (rate limit, token quota, stream slot, id).
+* A Redis *answer* that refuses a command (a script error, a wrong type) is not an outage: it
+  is raised to the caller, who knows what it means.
+
+ARCHITECTURE.md ("Redis: slow, down, back") lists what each operation does in each state.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import gevent
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from . import metrics
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SOCKET_TIMEOUT_SECONDS = 0.25
+CHECK_SECONDS = 1.0
+"""The longest a request waits for one Redis check before it takes the fallback."""
+WRITE_SECONDS = 2.0
+"""The longest a background write waits before it is retried later."""
+TIMEOUTS_TO_OPEN = 3
 RETRY_AFTER_FAILURE_SECONDS = 1.0
 
+OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+"""What counts against Redis's health. ``redis.ResponseError`` (an answer) does not."""
 
-def redis_options() -> dict[str, Any]:
+
+def redis_options(timeout: float | None = CHECK_SECONDS) -> dict[str, Any]:
     """Connection options for every Redis client we make (ours, flask-limiter's, limits')."""
     return {
-        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
-        "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
-        "retry": Retry(NoBackoff(), 0),
+        "socket_timeout": timeout,
+        "socket_connect_timeout": CHECK_SECONDS,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         "health_check_interval": 0,
     }
 
 
 class SharedStore:
-    """A Redis client plus its health: run an operation on Redis, or its fallback."""
+    """Redis clients by deadline, plus the breaker that decides when to stop trying."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.client: redis.Redis = redis.Redis.from_url(url, **redis_options())
+        self.client: redis.Redis = redis.Redis.from_url(url, **redis_options(CHECK_SECONDS))
+        self.background: redis.Redis = redis.Redis.from_url(url, **redis_options(WRITE_SECONDS))
         self.up = True
+        self._timeouts = 0
         self._down_until = 0.0
+        self._waited: weakref.WeakSet[Any] = weakref.WeakSet()
         self.listeners: list[Callable[[bool], None]] = []
 
-    def run(self, operation: Callable[[redis.Redis], T], fallback: Callable[[], T]) -> T:
-        """``operation(client)`` while Redis answers; ``fallback()`` while it does not."""
-        if not self.up and time.monotonic() < self._down_until:
+    def reader(self, block_seconds: float) -> redis.Redis:
+        """A client for blocking reads of up to ``block_seconds`` (its own pool)."""
+        return redis.Redis.from_url(self.url, **redis_options(block_seconds + WRITE_SECONDS))
+
+    @property
+    def open(self) -> bool:
+        """True while calls should not even try Redis."""
+        return not self.up and time.monotonic() < self._down_until
+
+    def begin_request(self) -> None:
+        """A new request on this greenlet (keep-alive connections serve several)."""
+        self._waited.discard(gevent.getcurrent())
+
+    def run(self, operation: Callable[[redis.Redis], T], fallback: Callable[[], T],
+            name: str = "other", client: redis.Redis | None = None, check: bool = False) -> T:
+        """``operation(client)`` while Redis answers; ``fallback()`` while it does not.
+
+        ``check``: a check on a request's admission path, which shares the request's one wait.
+        """
+        if self.open or (check and gevent.getcurrent() in self._waited):
+            metrics.REDIS_FALLBACKS.labels(name).inc()
             return fallback()
         try:
-            result = operation(self.client)
-        except (redis.RedisError, OSError):
-            self._mark_down()
+            result = operation(client or self.client)
+        except OUTAGE_ERRORS as error:
+            self.failed(error, check)
+            metrics.REDIS_FALLBACKS.labels(name).inc()
             return fallback()
-        if not self.up:
-            self._set_up(True)
-            log.warning("Redis is reachable again: limits are shared again")
+        self.succeeded()
         return result
 
-    def _mark_down(self) -> None:
+    def succeeded(self) -> None:
+        """Redis answered: close the breaker."""
+        self._timeouts = 0
+        if not self.up:
+            self._set_up(True)
+            log.warning("Redis is reachable again: limits and resumes are shared again")
+
+    def failed(self, error: BaseException, check: bool = False) -> None:
+        """Redis did not answer: count a timeout, or open the breaker on a connection failure."""
+        if isinstance(error, (redis.TimeoutError, TimeoutError)):
+            if check:
+                self._waited.add(gevent.getcurrent())
+            self._timeouts += 1
+            if self._timeouts < TIMEOUTS_TO_OPEN:
+                return
         self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
         if self.up:
             self._set_up(False)
-            log.warning("Redis is unreachable: limits fall back to per-process ones")
+            log.warning("Redis is unreachable (%s): limits fall back to per-process ones",
+                        type(error).__name__)
 
     def _set_up(self, up: bool) -> None:
         self.up = up

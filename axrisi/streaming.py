@@ -16,6 +16,7 @@ stopped reading (the same, after the send timeout), or gunicorn closed the itera
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,8 +29,10 @@ from gevent.event import Event
 from . import sse
 from .clientwatch import ClientWatch
 from .eventlog import EventsDropped
-from .resume import RedisEvents
+from .resume import RedisEvents, StreamLost
 from .streams import Stream, StreamRegistry
+
+log = logging.getLogger(__name__)
 
 RETRY_MILLISECONDS = 2000
 SETTLE_SECONDS = 1.0
@@ -140,27 +143,44 @@ def _start_watch(client_socket: Any, send_timeout: float) -> ClientWatch | None:
     return watch
 
 
-def relay_remote(mirror: RedisEvents, stream_id: int, position: int, client_socket: Any,
+def relay_remote(events: RedisEvents, stream_id: int, position: int, client_socket: Any,
                  heartbeat: float, send_timeout: float, grace: float,
                  on_close: Callable[[], None] | None = None) -> Iterator[bytes]:
     """Yield another process's stream from Redis, from ``position`` until its terminal event."""
     try:
         with _watched(client_socket, send_timeout) as watch:
-            yield from _written(_remote_frames(mirror, stream_id, position, heartbeat, grace),
+            yield from _written(_remote_frames(events, stream_id, position, heartbeat, grace),
                                 watch)
     finally:
-        mirror.clear_attached(stream_id)
+        if grace > 0:
+            events.clear_attached(stream_id)
         if on_close is not None:
             on_close()
 
 
-def _remote_frames(mirror: RedisEvents, stream_id: int, position: int, heartbeat: float,
+def _remote_frames(events: RedisEvents, stream_id: int, position: int, heartbeat: float,
                    grace: float) -> Iterator[bytes]:
+    """The follower's frames, pings in its silences, and always a terminal event at the end:
+    a stream that cannot be followed to its end (its worker or Redis gone) ends with an error
+    event, never with a connection cut mid-reply."""
+    attached_at = time.monotonic()
     if grace > 0:
-        mirror.mark_attached(stream_id, grace)
+        events.mark_attached(stream_id, grace)
     yield OPENING
-    block = min(heartbeat, grace / 2) if grace > 0 else heartbeat
-    for frames in mirror.follow(stream_id, position, block):
-        if grace > 0:
-            mirror.mark_attached(stream_id, grace)
-        yield b"".join(frames) if frames is not None else sse.PING
+    quiet_since = time.monotonic()
+    try:
+        for frames in events.follow(stream_id, position):
+            now = time.monotonic()
+            if grace > 0 and now - attached_at >= grace / 3:
+                attached_at = now
+                events.mark_attached(stream_id, grace)
+            if frames:
+                position += len(frames)
+                quiet_since = now
+                yield b"".join(frames)
+            elif now - quiet_since >= heartbeat:
+                quiet_since = now
+                yield sse.PING
+    except StreamLost as lost:
+        log.warning("a resumed stream could not be followed to its end: %s", lost)
+        yield events.lost_frame(stream_id, position)

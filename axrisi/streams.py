@@ -30,7 +30,7 @@ from .ids import IdAllocator
 from .providers.base import Provider
 
 if TYPE_CHECKING:
-    from .resume import RedisEvents
+    from .mirror import EventMirror
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class StreamRegistry:
     def __init__(self, provider: Provider, ids: IdAllocator, upstream_timeout: float,
                  retention: Retention, owner_key: Callable[[str], str],
                  on_end: Callable[[Stream], None] | None = None,
-                 mirror: RedisEvents | None = None) -> None:
+                 mirror: EventMirror | None = None,
+                 attached_elsewhere: Callable[[int], bool] | None = None) -> None:
         self.provider = provider
         self.ids = ids
         self.upstream_timeout = upstream_timeout
@@ -80,6 +81,7 @@ class StreamRegistry:
         self.owner_key = owner_key
         self.on_end = on_end
         self.mirror = mirror
+        self.attached_elsewhere = attached_elsewhere
         self.running: dict[int, Stream] = {}
         self.finished: OrderedDict[int, Stream] = OrderedDict()
         self.finished_bytes = 0
@@ -87,12 +89,15 @@ class StreamRegistry:
     def start(self, user: str, request: RunRequest, lease: object | None = None) -> Stream:
         """Create the stream, write its title event and start the generation."""
         command = CATALOG[request.command]
-        stream_id = self.ids.next_id()
         owner = self.owner_key(user)
-        if self.mirror is not None:
-            self.mirror.register(stream_id, owner)
-        event_log = EventLog(stream_id, self.retention.max_events,
-                             self.mirror.on_append if self.mirror is not None else None)
+        if self.mirror is None:
+            event_log = EventLog(self.ids.next_id(), self.retention.max_events)
+        else:
+            with self.mirror.starting():
+                event_log = EventLog(self.ids.next_id(), self.retention.max_events,
+                                     self.mirror.on_append)
+                self.mirror.track(event_log, owner)
+        stream_id = event_log.stream_id
         event_log.append({"title": command.title(request), "commandId": stream_id})
         generation = Generation(event_log, self.provider, command.prompt(request),
                                 self.upstream_timeout)
@@ -130,7 +135,7 @@ class StreamRegistry:
         stream._grace_timer = None
         if stream.clients > 0 or not stream.generation.running:
             return
-        if self.mirror is not None and self.mirror.is_attached(stream.id):
+        if self.attached_elsewhere is not None and self.attached_elsewhere(stream.id):
             stream._grace_timer = gevent.spawn_later(self.retention.grace_seconds,
                                                      self._grace_over, stream)
             return
@@ -192,3 +197,5 @@ class StreamRegistry:
                 break
             self.finished.popitem(last=False)
             self.finished_bytes -= oldest.log.size
+            if self.mirror is not None:
+                self.mirror.forget(oldest.id)

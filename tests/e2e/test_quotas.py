@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -330,3 +331,50 @@ def test_a_hung_redis_does_not_hang_requests(upstream: FakeUpstream) -> None:
                     assert content_text(response.text) == "on"
             finally:
                 os.kill(redis_server.proc.pid, signal.SIGCONT)
+
+
+def test_rate_limit_retry_after_is_within_the_window(upstream: FakeUpstream) -> None:
+    """3/minute: the 4th request's Retry-After is between 1 and 60 (it said 61: the limits
+    package's reset time is already rounded up to the next whole second, and was rounded up
+    again), and not less than what is left of the first request's minute."""
+    key = unique_key("rate-retry")
+    upstream.add_scenario(key, Scenario(tokens=["ok"]))
+    user = new_user()
+    with Gunicorn(quota_env(upstream, AXRISI_RATE_LIMIT="3/minute")) as server:
+        def post() -> requests.Response:
+            return requests.post(server.url + "/api/run", json=run_body(key), timeout=5,
+                                 headers={"Authorization": f"Bearer {make_token(user)}"})
+        # Start just after a whole second, so that all four requests fall within one second:
+        # the double rounding then always gave 61 (not only most of the time).
+        time.sleep(1.02 - time.time() % 1)
+        first_sent = time.time()
+        assert [post().status_code for _ in range(3)] == [200, 200, 200]
+        limited = post()
+        answered = time.time()
+    assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
+    retry_after = int(limited.headers["Retry-After"])
+    assert 1 <= retry_after <= 60
+    # The first hit was made after first_sent, so it leaves the window after first_sent + 60.
+    assert retry_after >= 60 - math.ceil(answered - first_sent)
+
+
+def test_rate_limit_retry_after_is_enough(upstream: FakeUpstream) -> None:
+    """2 per 3 seconds: Retry-After is at most the window, and a client that waits that long is
+    admitted (it is not too small either)."""
+    key = unique_key("rate-wait")
+    upstream.add_scenario(key, Scenario(tokens=["ok"]))
+    user = new_user()
+    with Gunicorn(quota_env(upstream, AXRISI_RATE_LIMIT="2 per 3 seconds")) as server:
+        def post() -> requests.Response:
+            return requests.post(server.url + "/api/run", json=run_body(key), timeout=5,
+                                 headers={"Authorization": f"Bearer {make_token(user)}"})
+        for _ in range(2):  # two rounds: the rounding depends on where in a second they fall
+            statuses = [post().status_code for _ in range(2)]
+            limited = post()
+            assert statuses == [200, 200] and limited.status_code == 429
+            retry_after = int(limited.headers["Retry-After"])
+            assert 1 <= retry_after <= 3
+            time.sleep(retry_after)
+            admitted = post()
+            assert admitted.status_code == 200, f"refused after waiting {retry_after} s"
+            time.sleep(3.05)  # let that hit leave the window before the next round

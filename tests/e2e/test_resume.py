@@ -118,8 +118,9 @@ def test_resume_after_the_stream_finished(pair: tuple[Gunicorn, Gunicorn],
     assert len(events) == 6  # title, four tokens, done
     stream_id = events[0].id.rpartition("-")[0]
     for server in pair:
-        # After the terminal event's id there is nothing more: the reply ends at once.
-        assert resume(server, stream_id, events[-1].id).read_all() == []
+        # After the terminal event's id there is nothing more: 204, so EventSource stops.
+        after_end = resume(server, stream_id, events[-1].id)
+        assert after_end.status == 204 and after_end.read_all() == []
         whole = resume(server, stream_id, None).read_all()
         assert [e.id for e in whole] == [e.id for e in events]
         tail = resume(server, stream_id, events[2].id).read_all()

@@ -1,0 +1,119 @@
+"""The Redis fault model's decisions: slow is not down, one wait per request, answers are answers.
+
+The operations here raise the exceptions redis-py raises, so that the breaker's rules can be
+checked one by one; tests/e2e/test_redis_faults.py holds the whole service to them against a
+real redis-server behind a fault-injecting proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gevent
+import pytest
+import redis
+
+from axrisi import shared
+from axrisi.resume import resume_position
+from axrisi.shared import SharedStore
+
+
+def store() -> SharedStore:
+    return SharedStore("redis://127.0.0.1:1/0")  # never contacted by these tests
+
+
+def raising(error: BaseException) -> Callable[[object], str]:
+    def operation(_client: object) -> str:
+        raise error
+    return operation
+
+
+def answer(_client: object) -> str:
+    return "redis"
+
+
+def fallback() -> str:
+    return "fallback"
+
+
+def test_one_slow_reply_does_not_open_the_breaker() -> None:
+    s = store()
+    assert s.run(raising(redis.TimeoutError()), fallback) == "fallback"
+    assert s.up and not s.open
+    assert s.run(answer, fallback) == "redis"
+
+
+def test_consecutive_timeouts_open_the_breaker() -> None:
+    s = store()
+    for _ in range(shared.TIMEOUTS_TO_OPEN):
+        s.run(raising(redis.TimeoutError()), fallback)
+    assert not s.up and s.open
+    assert s.run(answer, fallback) == "fallback"  # not even tried while open
+
+
+def test_a_success_between_timeouts_resets_the_count() -> None:
+    s = store()
+    for _ in range(shared.TIMEOUTS_TO_OPEN - 1):
+        s.run(raising(redis.TimeoutError()), fallback)
+    s.run(answer, fallback)
+    s.run(raising(redis.TimeoutError()), fallback)
+    assert s.up
+
+
+def test_a_refused_connection_opens_it_at_once_and_it_closes_on_success(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s = store()
+    seen: list[bool] = []
+    s.listeners.append(seen.append)
+    s.run(raising(redis.ConnectionError()), fallback)
+    assert s.open and seen == [False]
+    monkeypatch.setattr(shared, "RETRY_AFTER_FAILURE_SECONDS", 0.0)
+    s._down_until = 0.0  # the second has passed
+    assert s.run(answer, fallback) == "redis"
+    assert s.up and seen == [False, True]
+
+
+def test_an_answer_is_not_an_outage() -> None:
+    s = store()
+    with pytest.raises(redis.ResponseError):
+        s.run(raising(redis.ResponseError("WRONGTYPE")), fallback)
+    assert s.up
+
+
+def test_a_request_waits_once() -> None:
+    """After one timed-out check, the same request's other checks fall back at once; another
+    request (greenlet), and background work, still ask Redis."""
+    s = store()
+    calls: list[str] = []
+
+    def counted(_client: object) -> str:
+        calls.append("asked")
+        return "redis"
+
+    def request() -> list[str]:
+        s.begin_request()
+        first = s.run(raising(redis.TimeoutError()), fallback, check=True)
+        second = s.run(counted, fallback, check=True)
+        background = s.run(counted, fallback)
+        return [first, second, background]
+
+    assert gevent.spawn(request).get() == ["fallback", "fallback", "redis"]
+    assert gevent.spawn(lambda: s.run(counted, fallback, check=True)).get() == "redis"
+    assert calls == ["asked", "asked"]
+
+
+@pytest.mark.parametrize("last_event_id", ["5-1¹", "5-²", "5-³", "5-١", "5-1 2", "5--1",
+                                           "5-1234567890123"])
+def test_last_event_ids_that_are_not_ids_are_400(last_event_id: str) -> None:
+    from axrisi.errors import ApiError
+
+    with pytest.raises(ApiError) as raised:
+        resume_position(5, last_event_id)
+    assert raised.value.code == 400
+
+
+def test_last_event_id_positions() -> None:
+    assert resume_position(5, None) == 0
+    assert resume_position(5, " ") == 0
+    assert resume_position(5, "5-0") == 1
+    assert resume_position(5, "5-41") == 42

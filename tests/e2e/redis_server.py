@@ -52,6 +52,16 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(5)
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> RedisServer:
+        """Kill it and start it again on the same port and directory, empty (no persistence),
+        as after a crash: clients that reconnect to the same address find it again."""
+        self.kill()
+        return self.start()
+
     def __enter__(self) -> RedisServer:
         return self.start()
 

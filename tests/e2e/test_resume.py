@@ -149,9 +149,37 @@ def test_resume_errors(pair: tuple[Gunicorn, Gunicorn], upstream: FakeUpstream) 
         assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_request"
         no_auth = requests.get(f"{server.url}/api/streams/{stream_id}", timeout=5)
         assert no_auth.status_code == 401
-    past_end = requests.get(f"{pair[0].url}/api/streams/{stream_id}", timeout=5,
-                            headers={**auth(), "Last-Event-ID": f"{stream_id}-99"})
-    assert past_end.status_code == 400
+    for server in pair:  # past the end of a finished stream, here and through Redis
+        past_end = requests.get(f"{server.url}/api/streams/{stream_id}", timeout=5,
+                                headers={**auth(), "Last-Event-ID": f"{stream_id}-99"})
+        assert past_end.status_code == 400
+        # str.isdigit() accepts superscripts that int() refuses: that was a 500.
+        for odd in ("1\u00b9", "\u00b2", "\u00b3"):
+            superscript = requests.get(f"{server.url}/api/streams/{stream_id}", timeout=5,
+                                       headers={**auth(), "Last-Event-ID": f"{stream_id}-{odd}"})
+            assert superscript.status_code == 400, odd
+
+
+def test_an_id_past_the_end_of_a_running_stream_is_400_everywhere(
+        pair: tuple[Gunicorn, Gunicorn], upstream: FakeUpstream) -> None:
+    """A running stream, resumed with an id it has not reached: 400 on its own instance and
+    through Redis (which waits until the generating worker has written all it had, then judges:
+    it used to send pings for ever)."""
+    key = unique_key("past-end")
+    upstream.add_scenario(key, Scenario(tokens=["p "] * 200, delay=0.05))
+    conn = SSEConnection(pair[0].url, run_body(key))
+    seen = conn.read_until(lambda e: "content" in e.json)
+    stream_id = seen[0].id.rpartition("-")[0]
+    try:
+        for server in pair:
+            started = time.monotonic()
+            past_end = requests.get(f"{server.url}/api/streams/{stream_id}", timeout=10,
+                                    headers={**auth(), "Last-Event-ID": f"{stream_id}-5000"})
+            assert past_end.status_code == 400, server
+            assert past_end.json()["code"] == "invalid_request"
+            assert time.monotonic() - started < 5
+    finally:
+        conn.drop()
 
 
 def test_grace_expiry_cancels_the_upstream(upstream: FakeUpstream) -> None:

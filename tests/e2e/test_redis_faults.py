@@ -35,7 +35,7 @@ from tests.sse_client import Event
 
 from .client import SSEConnection, content_of, make_token
 from .faultproxy import FaultProxy
-from .procnet import children
+from .procnet import children, worker_holding
 from .redis_server import RedisServer
 from .servers import Gunicorn
 from .test_stream import run_body, unique_key
@@ -443,6 +443,64 @@ def test_shared_rate_limit_holds_again_after_a_stall(upstream: FakeUpstream, pro
         assert statuses.count(200) == 5, f"{statuses}{logs}"
         assert all(answer.status_code == 429 and answer.json().get("code") == "rate_limited"
                    for answer in limited), f"{[(a.status_code, a.text) for a in limited]}{logs}"
+
+
+def test_rate_limit_while_redis_is_stopped_is_one_limit_per_instance(
+        upstream: FakeUpstream, redis_server: RedisServer, healthy: None) -> None:
+    """6/minute, two workers, Redis frozen (SIGSTOP): the workers count their shares (3 each) in
+    memory, so the instance lets through at most one limit, not one fresh limit per worker (12
+    before); streams still start; and once Redis answers, it counts again (its own 6)."""
+    key = unique_key("outage-limit")
+    upstream.add_scenario(key, Scenario(tokens=["ok"]))
+    env = env_for(upstream, REDIS_URL=redis_server.url, AXRISI_RATE_LIMIT="6/minute")
+    user = f"outage-{uuid.uuid4().hex[:8]}"
+    with Gunicorn(env, workers=2) as server:
+        assert redis_server.proc is not None
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            during = attempts_on_both_workers(server, user, key)
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        allowed = {worker: [a.status for a in during if a.worker == worker].count(200)
+                   for worker in {a.worker for a in during}}
+        assert len(allowed) == 2, f"both workers must serve: {allowed}"
+        assert all(1 <= count <= 3 for count in allowed.values()), allowed
+        assert sum(allowed.values()) <= 6
+        time.sleep(1.5)  # the breaker's second, then Redis is asked again
+        after = [attempt_status(server, user, key) for _ in range(10)]
+    # The outage's hits were counted in memory only: Redis still holds the whole limit.
+    assert after.count(200) == 6 and after.count(429) == 4, after
+
+
+@dataclass
+class Attempt:
+    status: int
+    worker: int | None
+
+
+def attempts_on_both_workers(server: Gunicorn, user: str, key: str) -> list[Attempt]:
+    """POSTs on fresh connections until both workers answered at least 5 (at most 40)."""
+    assert server.proc is not None
+    attempts: list[Attempt] = []
+    while len(attempts) < 40:
+        conn = SSEConnection(server.url, run_body(key), token=make_token(user), timeout=10)
+        assert conn.conn.sock is not None
+        client_port = conn.conn.sock.getsockname()[1]
+        worker = worker_holding(server.proc.pid, server.port, client_port)
+        attempts.append(Attempt(conn.status, worker))
+        conn.response.read()
+        conn.drop()
+        per_worker = [a.worker for a in attempts]
+        if len({w for w in per_worker if w}) == 2 and \
+                min(per_worker.count(w) for w in set(per_worker)) >= 5:
+            break
+    return attempts
+
+
+def attempt_status(server: Gunicorn, user: str, key: str) -> int:
+    response = requests.post(server.url + "/api/run", json=run_body(key), timeout=10,
+                             headers={"Authorization": f"Bearer {make_token(user)}"})
+    return response.status_code
 
 
 def read_until(conn: SSEConnection, predicate: Callable[[Event], bool],

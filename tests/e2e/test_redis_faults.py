@@ -468,8 +468,18 @@ def test_rate_limit_while_redis_is_stopped_is_one_limit_per_instance(
         assert sum(allowed.values()) <= 6
         time.sleep(1.5)  # the breaker's second, then Redis is asked again
         after = [attempt_status(server, user, key) for _ in range(10)]
+        metrics = requests.get(server.url + "/metrics", timeout=5).text
+    # What the outage cost is visible: the fallbacks taken, by operation.
+    assert fallbacks(metrics, "rate_limit") >= 2, metrics
     # The outage's hits were counted in memory only: Redis still holds the whole limit.
     assert after.count(200) == 6 and after.count(429) == 4, after
+
+
+def fallbacks(metrics: str, operation: str) -> float:
+    """``axrisi_redis_fallbacks_total{operation=...}`` from a Prometheus text page."""
+    prefix = f'axrisi_redis_fallbacks_total{{operation="{operation}"}} '
+    return sum(float(line[len(prefix):]) for line in metrics.splitlines()
+               if line.startswith(prefix))
 
 
 @dataclass

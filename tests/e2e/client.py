@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jwt
+import requests
 
 from tests.sse_client import Event, Parser
 
@@ -31,6 +32,13 @@ def make_token(sub: Any = "alice", *, secret: str = TEST_SECRET, algorithm: str 
 
 def auth(token: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token or make_token()}"}
+
+
+def post_run(base_url: str, body: dict[str, Any], user: str = "alice",
+             timeout: float = 10.0) -> requests.Response:
+    """One ``POST /api/run`` as ``user``, read whole: for tests of statuses and limits."""
+    return requests.post(base_url + "/api/run", json=body, timeout=timeout,
+                         headers={"Authorization": f"Bearer {make_token(user)}"})
 
 
 class SSEConnection:

@@ -14,7 +14,7 @@ import requests
 
 from tests.fake_upstream import FakeUpstream, Scenario
 
-from .client import SSEConnection, content_of, make_token
+from .client import SSEConnection, content_of, make_token, post_run
 from .procnet import children, worker_holding
 from .redis_server import RedisServer
 from .servers import Gunicorn
@@ -342,8 +342,7 @@ def test_rate_limit_retry_after_is_within_the_window(upstream: FakeUpstream) -> 
     user = new_user()
     with Gunicorn(quota_env(upstream, AXRISI_RATE_LIMIT="3/minute")) as server:
         def post() -> requests.Response:
-            return requests.post(server.url + "/api/run", json=run_body(key), timeout=5,
-                                 headers={"Authorization": f"Bearer {make_token(user)}"})
+            return post_run(server.url, run_body(key), user)
         # Start just after a whole second, so that all four requests fall within one second:
         # the double rounding then always gave 61 (not only most of the time).
         time.sleep(1.02 - time.time() % 1)
@@ -366,8 +365,7 @@ def test_rate_limit_retry_after_is_enough(upstream: FakeUpstream) -> None:
     user = new_user()
     with Gunicorn(quota_env(upstream, AXRISI_RATE_LIMIT="2 per 3 seconds")) as server:
         def post() -> requests.Response:
-            return requests.post(server.url + "/api/run", json=run_body(key), timeout=5,
-                                 headers={"Authorization": f"Bearer {make_token(user)}"})
+            return post_run(server.url, run_body(key), user)
         for _ in range(2):  # two rounds: the rounding depends on where in a second they fall
             statuses = [post().status_code for _ in range(2)]
             limited = post()

@@ -33,7 +33,7 @@ import requests
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.sse_client import Event
 
-from .client import SSEConnection, content_of, make_token
+from .client import SSEConnection, content_of, make_token, post_run
 from .faultproxy import FaultProxy
 from .procnet import children, worker_holding
 from .redis_server import RedisServer
@@ -424,8 +424,7 @@ def test_shared_rate_limit_holds_again_after_a_stall(upstream: FakeUpstream, pro
     env = env_for(upstream, REDIS_URL=proxy.url, AXRISI_RATE_LIMIT="5/minute")
 
     def post(server: Gunicorn, user: str) -> requests.Response:
-        return requests.post(server.url + "/api/run", json=run_body(key), timeout=10,
-                             headers={"Authorization": f"Bearer {make_token(user)}"})
+        return post_run(server.url, run_body(key), user)
 
     with Gunicorn(env) as first, Gunicorn(env) as second:
         for server in (first, second):
@@ -508,9 +507,7 @@ def attempts_on_both_workers(server: Gunicorn, user: str, key: str) -> list[Atte
 
 
 def attempt_status(server: Gunicorn, user: str, key: str) -> int:
-    response = requests.post(server.url + "/api/run", json=run_body(key), timeout=10,
-                             headers={"Authorization": f"Bearer {make_token(user)}"})
-    return response.status_code
+    return post_run(server.url, run_body(key), user).status_code
 
 
 def read_until(conn: SSEConnection, predicate: Callable[[Event], bool],

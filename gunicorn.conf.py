@@ -56,10 +56,11 @@ accesslog = None
 
 def post_worker_init(worker):
     """Drain on SIGTERM; in development mode, print a token to try the API with (once)."""
-    from axrisi.lifecycle import watch_worker
+    from axrisi.web import services
+    from axrisi.web.lifecycle import watch_worker
 
     app = worker.wsgi
-    watch_worker(worker, app.extensions["axrisi.lifecycle"])
+    watch_worker(worker, services(app).lifecycle)
     # What is loaded by now (modules, the SDK and its models, the app) lives as long as the
     # worker: take it out of the cyclic collector's scans, so that a full collection walks only
     # what the streams allocate. Measured (docs/benchmarks.md): the worst full-collection pause
@@ -67,7 +68,7 @@ def post_worker_init(worker):
     gc.freeze()
     if not _settings.development or worker.age != 1:
         return
-    from axrisi.auth import mint_token
+    from axrisi.web.auth import mint_token
 
     with app.app_context():
         token = mint_token("dev")

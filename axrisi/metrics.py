@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import TYPE_CHECKING
 
 from greenlet import greenlet
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from .stream.ending import StreamEnd
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -74,17 +78,16 @@ def stream_started() -> None:
     OPEN_STREAMS.inc()
 
 
-def stream_ended(outcome: str, started: float, first_content_at: float | None, ended: float,
-                 tokens: int, error_kind: str | None, cancel_requested_at: float | None) -> None:
+def stream_ended(end: StreamEnd) -> None:
     """Everything a stream's end tells the metrics, recorded once, off the per-token path."""
     OPEN_STREAMS.dec()
-    STREAMS.labels("client_gone" if outcome == "cancelled" else outcome).inc()
-    STREAM_DURATION.observe(ended - started)
-    if first_content_at is not None:
-        TIME_TO_FIRST_TOKEN.observe(first_content_at - started)
-    TOKENS.inc(tokens)
-    if error_kind is not None:
-        UPSTREAM_ERRORS.labels(error_kind).inc()
-    if cancel_requested_at is not None:
+    STREAMS.labels("client_gone" if end.outcome == "cancelled" else end.outcome).inc()
+    STREAM_DURATION.observe(end.ended_at - end.started_at)
+    if end.first_content_at is not None:
+        TIME_TO_FIRST_TOKEN.observe(end.first_content_at - end.started_at)
+    TOKENS.inc(end.tokens_out)
+    if end.error_kind is not None:
+        UPSTREAM_ERRORS.labels(end.error_kind).inc()
+    if end.cancel_requested_at is not None:
         CANCELLATIONS.inc()
-        CANCELLATION_SECONDS.observe(ended - cancel_requested_at)
+        CANCELLATION_SECONDS.observe(end.ended_at - end.cancel_requested_at)

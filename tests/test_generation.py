@@ -1,4 +1,4 @@
-"""Unit tests for a stream's event log and generation (axrisi/eventlog.py, axrisi/generation.py).
+"""Unit tests for a stream's event log and generation (axrisi/stream/eventlog.py, generation.py).
 
 The providers here are tiny fakes driven by gevent in the main thread (no monkey-patching): each
 records whether its generator's ``finally`` ran, which is how a real provider closes its upstream.
@@ -16,10 +16,10 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from axrisi import sse
-from axrisi.eventlog import EventLog
-from axrisi.generation import Generation
 from axrisi.providers.base import Finish, Prompt, ProviderError, StreamItem, Usage
+from axrisi.stream import sse
+from axrisi.stream.eventlog import EventLog
+from axrisi.stream.generation import Generation
 
 STREAM_ID = 1749186088941
 PROMPT = Prompt(command="summarize", system="sys", user="<text>\nhi\n</text>", text="hi")

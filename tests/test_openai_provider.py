@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import gevent
 
-from axrisi.eventlog import EventLog
-from axrisi.generation import Generation
 from axrisi.providers.base import Prompt
 from axrisi.providers.openai_compat import OpenAIProvider
+from axrisi.stream.eventlog import EventLog
+from axrisi.stream.generation import Generation
 from tests.fake_upstream import FakeUpstream, Scenario
 
 PAGE = "A long page. " * 5000

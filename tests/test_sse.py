@@ -1,4 +1,4 @@
-"""Unit tests for the SSE wire format (axrisi/sse.py): a table of inputs and their exact bytes."""
+"""Unit tests for the SSE wire format (axrisi/stream/sse.py): a table of inputs and exact bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from axrisi import sse
+from axrisi.stream import sse
 
 
 def parse_frame(frame: bytes) -> list[tuple[str, str]]:

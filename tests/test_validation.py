@@ -1,4 +1,4 @@
-"""Unit tests for POST /api/run validation (axrisi/validation.py) against real Flask requests."""
+"""Unit tests for POST /api/run validation (axrisi/web/validation.py) on real Flask requests."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 
 from axrisi.commands import RunRequest
-from axrisi.errors import ApiError
-from axrisi.validation import MAX_SHORT_FIELD_CHARS, parse_run_request
+from axrisi.web.errors import ApiError
+from axrisi.web.validation import MAX_SHORT_FIELD_CHARS, parse_run_request
 
 APP = Flask(__name__)
 MAX_TEXT = 100

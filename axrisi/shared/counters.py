@@ -1,18 +1,17 @@
-"""Per-user quotas: request rate, open streams and model tokens, for the whole deployment.
+"""Per-user counters for the whole deployment: open-stream slots and model tokens.
 
-The user is the JWT's ``sub``, never the IP. Each limit lives in Redis when ``REDIS_URL`` is set
-(so that it holds across workers and instances) and in the process otherwise:
+The user is the JWT's ``sub`` (as its :func:`~axrisi.users.user_key`), never the IP. Each count
+lives in Redis when ``REDIS_URL`` is set (so that it holds across workers and instances) and in
+the process otherwise. The request rate is flask-limiter's (``axrisi.web.quotas``, with
+``limitstore`` as its storage); the admission policy and its 429s are ``axrisi.web.quotas``.
 
-* **request rate**: flask-limiter with ``AXRISI_RATE_LIMIT`` (its own notation), moving window,
-  ``429 rate_limited`` with ``Retry-After``. Its storage (``limitstore``) goes through the shared
-  store's fault model; while Redis cannot count, each worker counts its share in memory.
 * **open streams**: at most ``AXRISI_MAX_STREAMS_PER_USER`` at once (0 = no limit). A slot is an
   expiring lease (a member of a per-user sorted set scored by its expiry), renewed by one greenlet
   per worker while the stream generates and removed on every way out; a worker that dies stops
   renewing, so its leases lapse within ``AXRISI_STREAM_LEASE_SECONDS``.
 * **tokens**: ``AXRISI_TOKEN_QUOTA`` with the ``limits`` package (fixed window), charged when a
   stream ends with the usage the upstream reports, or with a count where it reports none.
-  A user with no tokens left gets ``429 quota_exceeded`` before a stream starts. A stream that
+  A user with no tokens left is refused before a stream starts. A stream that
   crosses the line while it runs is allowed to finish and is charged in full: cutting an answer
   in the middle would waste what was already paid for, and the overshoot is bounded by one
   answer per open stream.
@@ -32,19 +31,12 @@ import gevent
 import limits
 import limits.storage
 import limits.strategies
-from flask import Flask, Response, g
-from flask_limiter import Limiter, RateLimitExceeded
 
-from . import metrics
-from .auth import user_key
-from .config import Settings
-from .errors import ApiError, json_error
-from .limitstore import SCHEME
-from .shared import SharedStore, redis_options
+from .. import metrics
+from ..users import user_key
+from .store import SharedStore, redis_options
 
 log = logging.getLogger(__name__)
-
-RATE_LIMITED_MESSAGE = "Rate limit exceeded"
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -207,81 +199,3 @@ def _seconds_left(limiter: Any, item: Any, key: str) -> int | None:
         return None
     reset_at, _remaining = limiter.get_window_stats(item, key)
     return max(1, math.ceil(reset_at - time.time()))
-
-
-class Quotas:
-    """The three limits together, as the API uses them."""
-
-    def __init__(self, settings: Settings, store: SharedStore | None) -> None:
-        self.slots = StreamSlots(settings.max_streams_per_user, settings.stream_lease_seconds,
-                                 store)
-        self.tokens = TokenQuota(settings.token_quota, store) if settings.token_quota else None
-
-    def admit(self, user: str) -> Lease:
-        """Check the token quota, then take a stream slot; raise the contract's 429s."""
-        if self.tokens is not None:
-            retry_after = self.tokens.retry_after(user)
-            if retry_after is not None:
-                raise ApiError(429, "quota_exceeded",
-                               "Token quota exceeded; try again when it resets.",
-                               {"Retry-After": str(retry_after)})
-        lease = self.slots.acquire(user)
-        if lease is None:
-            raise ApiError(429, "too_many_streams",
-                           "Too many open streams; close one and try again.")
-        return lease
-
-    def stream_ended(self, user: str, lease: Lease | None, tokens: int) -> None:
-        """Give the slot back and charge the tokens: called on every way a stream ends."""
-        self.slots.release(lease)
-        if self.tokens is not None:
-            self.tokens.charge(user, tokens)
-
-
-rate_limiter = Limiter(
-    key_func=lambda: user_key(g.axrisi_user),
-    strategy="moving-window",
-    headers_enabled=False,
-    swallow_errors=True,
-    key_prefix="axrisi",
-)
-
-
-def init_rate_limit(app: Flask, settings: Settings, store: SharedStore | None) -> None:
-    """Configure flask-limiter: storage (see ``limitstore``), and the contract's 429 body."""
-    limits.parse_many(settings.rate_limit)  # the authority on the notation
-    if store is not None:
-        app.config.update(
-            RATELIMIT_STORAGE_URI=SCHEME + store.url,
-            RATELIMIT_STORAGE_OPTIONS={"store": store, "workers": settings.web_concurrency},
-        )
-    else:
-        app.config.update(RATELIMIT_STORAGE_URI="memory://")
-    rate_limiter.init_app(app)
-
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(_error: RateLimitExceeded) -> Response:
-        return json_error(429, "rate_limited", RATE_LIMITED_MESSAGE,
-                          {"Retry-After": str(_rate_retry_after())})
-
-
-def _rate_retry_after() -> int:
-    """Seconds until the breached limit admits again: from 1 to its window's length.
-
-    With the moving window, that is when the oldest hit in the window leaves it: at exactly
-    ``oldest + expiry`` (the window stats' first figure), where the hit still counts (the
-    ``limits`` package compares with ``>=``), so the answer is the whole seconds to that
-    instant plus one, capped at the window. Not flask-limiter's ``RequestLimit.reset_at``: it
-    is ``int(oldest + expiry + 1)``, already rounded up, and rounding it up again said 61 for a
-    60-second window.
-    """
-    try:
-        current = rate_limiter.current_limit
-        if current is not None:
-            window_seconds = current.limit.get_expiry()
-            reset, _remaining = current.window
-            wait = math.floor(max(0.0, reset - time.time())) + 1
-            return max(1, min(window_seconds, wait))
-    except Exception:  # the storage may be gone; a conservative answer beats none
-        log.warning("could not read the rate limit window")
-    return 60

@@ -10,7 +10,6 @@ which check failed. The check runs before the body is read, and nothing is charg
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,7 +17,7 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 
 import jwt
-from flask import Flask, g
+from flask import Flask
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -27,7 +26,9 @@ from flask_jwt_extended import (
 )
 from flask_jwt_extended.exceptions import JWTExtendedException
 
-from .config import Settings
+from ..config import Settings
+from ..users import user_key
+from . import requestlog
 from .errors import Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,14 +67,11 @@ def _claims_are_complete(_header: dict[str, Any], data: dict[str, Any]) -> bool:
     return "exp" in data and isinstance(sub, str) and bool(sub)
 
 
-def user_key(user: str) -> str:
-    """A stable, fixed-length key for a user: no raw ``sub`` in Redis keys or logs."""
-    return hashlib.sha256(user.encode()).hexdigest()[:32]
-
-
 def current_user() -> str:
     """The authenticated user's ``sub``; only valid inside :func:`authenticated` views."""
-    return cast(str, g.axrisi_user)
+    user = requestlog.current().user
+    assert user is not None, "current_user() outside an @authenticated view"
+    return user
 
 
 def authenticate() -> str:
@@ -90,8 +88,9 @@ def authenticated(view: F) -> F:
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        g.axrisi_user = authenticate()
-        g.axrisi_user_hash = user_key(g.axrisi_user)[:16]
+        info = requestlog.current()
+        info.user = authenticate()
+        info.user_hash = user_key(info.user)[:16]
         return view(*args, **kwargs)
 
     return cast(F, wrapper)

@@ -15,11 +15,12 @@ import re
 import sys
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from flask import Flask, Response, g, request
 
-from . import jsonutil
+from .. import jsonutil
 
 access_log = logging.getLogger("axrisi.access")
 
@@ -34,6 +35,31 @@ class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return jsonutil.dumps({"time": round(record.created, 3), **fields}).decode()
 
 
+@dataclass
+class RequestInfo:
+    """What a request tells its access-log line, filled in as it goes: one typed record on
+    ``flask.g`` (auth sets the user, errors the code, a stream view ``streaming``)."""
+
+    request_id: str
+    started: float
+    user: str | None = None
+    """The JWT's ``sub``: for the views and the limits, never written to the log."""
+    user_hash: str | None = None
+    error_code: str | None = None
+    streaming: bool = False
+    """The line is written when the stream's connection ends, not after the view."""
+
+
+def current() -> RequestInfo:
+    """This request's record (set before any view runs)."""
+    return cast(RequestInfo, g.axrisi)
+
+
+def current_or_none() -> RequestInfo | None:
+    """This request's record, or None outside a request that reached the app's hooks."""
+    return cast("RequestInfo | None", g.get("axrisi"))
+
+
 def init_app(app: Flask) -> None:
     """Install the request-id hooks and the JSON line handler (once per process)."""
     if not access_log.handlers:
@@ -44,21 +70,24 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
-        g.request_started = time.monotonic()
+        g.axrisi = RequestInfo(given if _SANE_ID.match(given) else uuid.uuid4().hex,
+                               time.monotonic())
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        if not g.get("axrisi_streaming"):
+        info = current_or_none()
+        if info is None:
+            return response
+        response.headers["X-Request-ID"] = info.request_id
+        if not info.streaming:
             emit({
-                "requestId": g.get("request_id"),
+                "requestId": info.request_id,
                 "method": request.method,
                 "path": request.path,
                 "status": response.status_code,
-                "user": g.get("axrisi_user_hash"),
-                "code": g.get("axrisi_error_code"),
-                "durationMs": _ms(time.monotonic() - g.get("request_started", time.monotonic())),
+                "user": info.user_hash,
+                "code": info.error_code,
+                "durationMs": _ms(time.monotonic() - info.started),
             })
         return response
 

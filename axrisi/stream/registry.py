@@ -13,24 +13,20 @@ oldest first when their frames pass ``max_retained_bytes`` in total.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import gevent
 
-from . import metrics
-from .commands import CATALOG, RunRequest
+from .. import metrics
+from ..commands import CATALOG, RunRequest
+from ..providers.base import Provider
+from .ending import StreamEnd, StreamState
 from .eventlog import EventLog
 from .generation import Generation
-from .ids import IdAllocator
-from .providers.base import Provider
-
-if TYPE_CHECKING:
-    from .mirror import EventMirror
+from .ports import EventMirror, IdAllocator
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +45,16 @@ class Stream:
     generation: Generation
     lease: object | None = None
     clients: int = 0
-    ended_at: float | None = None
-    settled: bool = False
-    """True once the end hooks ran (slot given back, tokens charged): see ``relay``."""
+    state: StreamState = StreamState.GENERATING
+    """Changed only by the registry (``ending.py`` draws the transitions)."""
+    end: StreamEnd | None = None
+    """How it ended: set when the terminal event is written, before the end hooks run."""
     cancel_requested_at: float | None = None
-    _grace_timer: gevent.Greenlet | None = field(default=None, repr=False)
+
+    @property
+    def settled(self) -> bool:
+        """True once the end hooks ran (slot given back, tokens charged): see ``relay``."""
+        return self.state is StreamState.SETTLED
 
 
 @dataclass
@@ -71,7 +72,7 @@ class StreamRegistry:
 
     def __init__(self, provider: Provider, ids: IdAllocator, upstream_timeout: float,
                  retention: Retention, owner_key: Callable[[str], str],
-                 on_end: Callable[[Stream], None] | None = None,
+                 on_end: Callable[[Stream, StreamEnd], None] | None = None,
                  mirror: EventMirror | None = None,
                  attached_elsewhere: Callable[[int], bool] | None = None) -> None:
         self.provider = provider
@@ -85,6 +86,7 @@ class StreamRegistry:
         self.running: dict[int, Stream] = {}
         self.finished: OrderedDict[int, Stream] = OrderedDict()
         self.finished_bytes = 0
+        self._grace: dict[int, gevent.Greenlet] = {}
 
     def start(self, user: str, request: RunRequest, lease: object | None = None) -> Stream:
         """Create the stream, write its title event and start the generation."""
@@ -116,74 +118,60 @@ class StreamRegistry:
     def attach(self, stream: Stream) -> None:
         """A client connection starts following the stream."""
         stream.clients += 1
-        if stream._grace_timer is not None:
-            stream._grace_timer.kill(block=False)
-            stream._grace_timer = None
+        if stream.state is StreamState.IN_GRACE:
+            self._stop_grace(stream)
+            stream.state = StreamState.GENERATING
 
     def detach(self, stream: Stream) -> None:
         """A client connection ended; with no client left, cancel (now or after the grace)."""
         stream.clients -= 1
-        if stream.clients > 0 or not stream.generation.running:
+        if stream.clients > 0 or stream.state is not StreamState.GENERATING:
             return
         if self.retention.grace_seconds <= 0:
             self._cancel(stream)
-        elif stream._grace_timer is None:
-            stream._grace_timer = gevent.spawn_later(self.retention.grace_seconds,
-                                                     self._grace_over, stream)
+        else:
+            stream.state = StreamState.IN_GRACE
+            self._grace[stream.id] = gevent.spawn_later(self.retention.grace_seconds,
+                                                        self._grace_over, stream)
 
     def _grace_over(self, stream: Stream) -> None:
-        stream._grace_timer = None
-        if stream.clients > 0 or not stream.generation.running:
+        self._grace.pop(stream.id, None)
+        if stream.state is not StreamState.IN_GRACE:
             return
         if self.attached_elsewhere is not None and self.attached_elsewhere(stream.id):
-            stream._grace_timer = gevent.spawn_later(self.retention.grace_seconds,
-                                                     self._grace_over, stream)
+            self._grace[stream.id] = gevent.spawn_later(self.retention.grace_seconds,
+                                                        self._grace_over, stream)
             return
         self._cancel(stream)
+
+    def _stop_grace(self, stream: Stream) -> None:
+        timer = self._grace.pop(stream.id, None)
+        if timer is not None:
+            timer.kill(block=False)
 
     @staticmethod
     def _cancel(stream: Stream) -> None:
         stream.cancel_requested_at = time.monotonic()
         stream.generation.interrupt("cancelled", CANCELLED_MESSAGE)
 
-    @staticmethod
-    def tokens_used(stream: Stream) -> int:
-        """What the stream cost: the upstream's usage, or a count where it reported none."""
-        generation = stream.generation
-        usage = generation.finish.usage if generation.finish is not None else None
-        if usage is not None:
-            return usage.prompt_tokens + usage.completion_tokens
-        return math.ceil(generation.prompt_chars / 4) + generation.content_pieces
-
-    @staticmethod
-    def tokens_out(stream: Stream) -> int:
-        """Output tokens: the upstream's count where reported, else the content pieces."""
-        finish = stream.generation.finish
-        if finish is not None and finish.usage is not None:
-            return finish.usage.completion_tokens
-        return stream.generation.content_pieces
-
     def _ended(self, stream: Stream) -> None:
+        """The generation wrote the terminal event: ENDED, the end hooks, then SETTLED."""
         self.running.pop(stream.id, None)
-        if stream._grace_timer is not None:
-            stream._grace_timer.kill(block=False)
-            stream._grace_timer = None
-        stream.ended_at = time.monotonic()
-        generation = stream.generation
-        metrics.stream_ended(generation.outcome or "internal", generation.started_at,
-                             generation.first_content_at, stream.ended_at,
-                             self.tokens_out(stream), generation.error_kind,
-                             stream.cancel_requested_at)
+        self._stop_grace(stream)
+        stream.state = StreamState.ENDED
+        stream.end = end = StreamEnd.of(stream.generation, time.monotonic(),
+                                        stream.cancel_requested_at)
+        metrics.stream_ended(end)
         self.finished[stream.id] = stream
         self.finished_bytes += stream.log.size
         self._expire()
         try:
             if self.on_end is not None:
-                self.on_end(stream)
+                self.on_end(stream, end)
         except Exception:
             log.exception("stream end hook failed")
         finally:
-            stream.settled = True
+            stream.state = StreamState.SETTLED
             stream.log.wake()
 
     def _expire(self) -> None:
@@ -191,8 +179,8 @@ class StreamRegistry:
         now = time.monotonic()
         while self.finished:
             oldest = next(iter(self.finished.values()))
-            expired = oldest.ended_at is not None and \
-                now - oldest.ended_at > self.retention.ttl_seconds
+            expired = oldest.end is not None and \
+                now - oldest.end.ended_at > self.retention.ttl_seconds
             if not expired and self.finished_bytes <= self.retention.max_retained_bytes:
                 break
             self.finished.popitem(last=False)

@@ -23,8 +23,8 @@ from typing import Any
 import gevent
 from gevent import Greenlet, GreenletExit
 
+from ..providers.base import Finish, Prompt, Provider, ProviderError, StreamItem
 from .eventlog import EventLog
-from .providers.base import Finish, Prompt, Provider, ProviderError, StreamItem
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ the terminal event was sent, the client left (the watcher's :class:`ClientGone`)
 stopped reading (the same, after the send timeout), or gunicorn closed the iterator.
 
 * :func:`relay` follows a stream of this worker through its in-memory :class:`EventLog`;
-* :func:`relay_remote` follows a stream of another worker or instance through Redis.
+* :func:`relay_remote` follows a stream of another worker or instance through the deployment's
+  shared state (a :class:`~axrisi.stream.ports.RemoteEvents`: Redis in ``axrisi.shared``).
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import gevent
-from flask import Response
 from gevent.event import Event
 
 from . import sse
 from .clientwatch import ClientWatch
 from .eventlog import EventsDropped
-from .resume import RedisEvents, StreamLost
-from .streams import Stream, StreamRegistry
+from .ports import RemoteEvents, StreamLost
+from .registry import Stream, StreamRegistry
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +38,6 @@ RETRY_MILLISECONDS = 2000
 SETTLE_SECONDS = 1.0
 """The most a finished stream's response waits for its end hooks (Redis calls time out sooner)."""
 OPENING = sse.retry(RETRY_MILLISECONDS)
-
-SSE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-
-
-def sse_response(body: Iterator[bytes]) -> Response:
-    """A streaming response with the contract's headers and no Content-Length."""
-    response = Response(body, status=200, content_type="text/event-stream; charset=utf-8",
-                        direct_passthrough=True)
-    response.headers.update(SSE_HEADERS)
-    return response
-
 
 @contextmanager
 def _watched(client_socket: Any, send_timeout: float) -> Iterator[ClientWatch | None]:
@@ -143,10 +129,10 @@ def _start_watch(client_socket: Any, send_timeout: float) -> ClientWatch | None:
     return watch
 
 
-def relay_remote(events: RedisEvents, stream_id: int, position: int, client_socket: Any,
+def relay_remote(events: RemoteEvents, stream_id: int, position: int, client_socket: Any,
                  heartbeat: float, send_timeout: float, grace: float,
                  on_close: Callable[[], None] | None = None) -> Iterator[bytes]:
-    """Yield another process's stream from Redis, from ``position`` until its terminal event."""
+    """Yield another process's stream, from ``position`` until its terminal event."""
     try:
         with _watched(client_socket, send_timeout) as watch:
             yield from _written(_remote_frames(events, stream_id, position, heartbeat, grace),
@@ -158,7 +144,7 @@ def relay_remote(events: RedisEvents, stream_id: int, position: int, client_sock
             on_close()
 
 
-def _remote_frames(events: RedisEvents, stream_id: int, position: int, heartbeat: float,
+def _remote_frames(events: RemoteEvents, stream_id: int, position: int, heartbeat: float,
                    grace: float) -> Iterator[bytes]:
     """The follower's frames, pings in its silences, and always a terminal event at the end:
     a stream that cannot be followed to its end (its worker or Redis gone) ends with an error

@@ -21,11 +21,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from flask import Flask, Response, g, has_request_context
+from flask import Flask, Response, has_request_context
 from werkzeug.exceptions import HTTPException
 
-from . import jsonutil
-from .metrics import REJECTIONS, STREAMS
+from .. import jsonutil
+from ..metrics import REJECTIONS, STREAMS
+from . import requestlog
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def json_error(status: int, code: str, message: str,
 def _note(status: int, code: str) -> None:
     if not has_request_context():
         return
-    g.axrisi_error_code = code
+    info = requestlog.current_or_none()
+    if info is not None:
+        info.error_code = code
     if status in (429, 503):
         REJECTIONS.labels(code).inc()
         if status == 429:

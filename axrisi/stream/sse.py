@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import jsonutil
+from .. import jsonutil
 
 PING = b": ping\n\n"
 """The heartbeat comment: ignored by every SSE parser, but it keeps proxies and routers open."""

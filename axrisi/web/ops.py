@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import metrics
+from .. import metrics
+from . import services
 from .errors import Unauthorized
 from .lifecycle import Lifecycle
 
@@ -28,7 +29,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response | tuple[Response, int]:
     """Readiness: 200 while taking new streams, 503 once draining."""
-    lifecycle: Lifecycle = current_app.extensions["axrisi.lifecycle"]
+    lifecycle: Lifecycle = services().lifecycle
     if lifecycle.draining:
         return jsonify(status="draining"), 503
     return jsonify(status="ready")
@@ -37,7 +38,7 @@ def readyz() -> Response | tuple[Response, int]:
 @bp.get("/metrics")
 def prometheus() -> Response:
     """The Prometheus text format, aggregated over every worker."""
-    token = current_app.extensions["axrisi.settings"].metrics_token
+    token = services().settings.metrics_token
     if token:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):

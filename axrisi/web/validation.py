@@ -20,8 +20,8 @@ from flask import Request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from . import jsonutil
-from .commands import CATALOG, RunRequest
+from .. import jsonutil
+from ..commands import CATALOG, RunRequest
 from .errors import ApiError
 
 MAX_SHORT_FIELD_CHARS = {"title": 1000, "language": 100, "instruction": 4000}

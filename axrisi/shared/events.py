@@ -1,9 +1,9 @@
 """Resumable streams across processes: the reading side of the events mirrored to Redis.
 
 A client whose reconnect lands on another worker or instance is served from the Redis stream
-that :mod:`axrisi.mirror` writes, whose entry ids are the events' own ids (``<commandId>-<n>``
-is a valid Redis stream id, and increases): ``XREAD`` from the id the client last saw is the
-replay and the live tail in one loop.
+that :mod:`axrisi.shared.mirror` writes, whose entry ids are the events' own ids
+(``<commandId>-<n>`` is a valid Redis stream id, and increases): ``XREAD`` from the id the
+client last saw is the replay and the live tail in one loop.
 
 What a reader can conclude, and what it cannot:
 
@@ -27,15 +27,15 @@ that the generating worker's grace timer does not cancel a stream that somebody 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gevent
 
-from . import jsonutil, sse
-from .errors import ApiError
+from .. import jsonutil
+from ..stream import sse
+from ..stream.ports import StreamLost
 from .mirror import (
     BOOT_KEY,
     HEARTBEAT_SECONDS,
@@ -47,12 +47,10 @@ from .mirror import (
     meta_key,
     now_ms,
 )
-from .shared import OUTAGE_ERRORS, SharedStore
+from .store import OUTAGE_ERRORS, SharedStore
 
 log = logging.getLogger(__name__)
 
-_STREAM_ID = re.compile(r"^[1-9][0-9]{0,18}$")
-_SEQ = re.compile(r"^[0-9]{1,12}$")
 RESTART_WINDOW_MS = 5000
 """After Redis restarted empty, how long its writers get to put the streams back."""
 ORPHAN_CONFIRM_SECONDS = 2 * HEARTBEAT_SECONDS
@@ -61,44 +59,12 @@ PAST_END_WAIT_SECONDS = 3 * HEARTBEAT_SECONDS
 LOST_MESSAGE = "The stream's events could not be read to its end; please start it again."
 
 
+class PastTheEnd(Exception):
+    """The position asked for is past the stream's events, as its worker has written them."""
+
+
 class CannotTell(Exception):
     """Redis could not answer, or cannot know yet: the client should retry shortly."""
-
-
-class StreamLost(Exception):
-    """The stream cannot be followed to its end (its worker is gone, or its events are)."""
-
-
-def not_found() -> ApiError:
-    return ApiError(404, "not_found", "There is no such stream, or it has expired.")
-
-
-def bad_last_event_id() -> ApiError:
-    return ApiError(400, "invalid_request",
-                    "Last-Event-ID is not the id of an event of this stream.")
-
-
-def unavailable() -> ApiError:
-    return ApiError(503, "unavailable",
-                    "The stream cannot be looked up right now; try again shortly.",
-                    {"Retry-After": "1"})
-
-
-def parse_stream_id(value: str) -> int:
-    """A stream id from the URL; anything else is simply not a stream we know (404)."""
-    if not _STREAM_ID.match(value):
-        raise not_found()
-    return int(value)
-
-
-def resume_position(stream_id: int, last_event_id: str | None) -> int:
-    """The position after ``last_event_id`` (0 without one); 400 if it names another stream."""
-    if last_event_id is None or last_event_id.strip() == "":
-        return 0
-    prefix, _, seq = last_event_id.strip().rpartition("-")
-    if prefix != str(stream_id) or not _SEQ.match(seq):
-        raise bad_last_event_id()
-    return int(seq) + 1
 
 
 def seq_of(entry_id: bytes | str) -> int:
@@ -211,7 +177,8 @@ class RedisEvents:
     def past_end(self, stream_id: int, owner: str, position: int,
                  stream: RemoteStream) -> RemoteStream:
         """``position`` is past what Redis holds: wait until the generating worker has written
-        everything it had when we asked; then it is either there, or truly past the end (400).
+        everything it had when we asked; then it is either there, or truly past the end
+        (:class:`PastTheEnd`).
         """
         asked = now_ms()
         deadline = time.monotonic() + PAST_END_WAIT_SECONDS
@@ -229,7 +196,7 @@ class RedisEvents:
             if synced is not None and int(synced) >= asked and position > stream.top + 1:
                 break
         if position > stream.top + 1:
-            raise bad_last_event_id()
+            raise PastTheEnd()
         return stream
 
     # Following a stream -------------------------------------------------------------------------

@@ -1,61 +1,39 @@
 """The HTTP API blueprint: requests in, validation, responses out.
 
 Views stay thin: authentication (``auth``), limits (``quotas``, ``lifecycle``), validation
-(``validation``), then the stream registry and the relays (``streams``, ``streaming``). Nothing
-imports this module.
+(``validation``), then the engine's registry and relays (``axrisi.stream``) and, for a stream
+of another worker, the shared state's reader (``axrisi.shared.events``). Nothing imports this
+module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from . import requestlog
-from .auth import authenticated, current_user, user_key
-from .commands import public_catalog
-from .config import Settings
+from ..commands import public_catalog
+from ..shared.events import CannotTell, PastTheEnd, RedisEvents
+from ..stream.registry import Stream
+from ..stream.relay import relay, relay_remote
+from ..users import user_key
+from . import requestlog, services
+from .auth import authenticated, current_user
 from .errors import ApiError
-from .lifecycle import Lifecycle
-from .quotas import Quotas, rate_limiter
-from .resume import (
-    CannotTell,
-    RedisEvents,
-    bad_last_event_id,
-    not_found,
-    parse_stream_id,
-    resume_position,
-    unavailable,
-)
-from .streaming import relay, relay_remote, sse_response
-from .streams import Stream, StreamRegistry
+from .quotas import rate_limiter
+from .resume import bad_last_event_id, not_found, parse_stream_id, resume_position, unavailable
 from .validation import parse_run_request
 
 bp = Blueprint("api", __name__)
 
-
-def _settings() -> Settings:
-    return current_app.extensions["axrisi.settings"]  # type: ignore[no-any-return]
-
-
-def _registry() -> StreamRegistry:
-    return current_app.extensions["axrisi.streams"]  # type: ignore[no-any-return]
-
-
-def _events() -> RedisEvents | None:
-    return current_app.extensions["axrisi.events"]  # type: ignore[no-any-return]
-
-
-def _quotas() -> Quotas:
-    return current_app.extensions["axrisi.quotas"]  # type: ignore[no-any-return]
-
-
-def _lifecycle() -> Lifecycle:
-    return current_app.extensions["axrisi.lifecycle"]  # type: ignore[no-any-return]
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 def _rate_limit() -> str:
-    return _settings().rate_limit
+    return services().settings.rate_limit
 
 
 @bp.get("/api/commands")
@@ -70,11 +48,12 @@ def commands() -> Response:
 @rate_limiter.limit(_rate_limit)
 def run() -> Response:
     """Authenticate, count the request, validate, admit, then relay the stream as SSE."""
-    settings = _settings()
+    found = services()
+    settings = found.settings
     run_request = parse_run_request(request, settings.max_text_chars, settings.max_body_bytes)
-    _lifecycle().admit()
-    registry = _registry()
-    quotas = _quotas()
+    found.lifecycle.admit()
+    registry = found.registry
+    quotas = found.quotas
     lease = quotas.admit(current_user())
     try:
         stream = registry.start(current_user(), run_request, lease)
@@ -99,15 +78,15 @@ def resume(stream_id: str) -> Response:
     last_event_id = request.headers.get("Last-Event-ID", request.args.get("lastEventId"))
     position = resume_position(number, last_event_id)
     owner = user_key(current_user())
-    stream = _registry().lookup(number)
+    stream = services().registry.lookup(number)
     if stream is not None:
         if stream.owner_key != owner:
             raise not_found()
         return _resume_local(stream, position)
-    events = _events()
-    if events is None:
+    shared = services().shared
+    if shared is None:
         raise not_found()
-    return _resume_remote(events, number, owner, position)
+    return _resume_remote(shared.events, number, owner, position)
 
 
 def _resume_local(stream: Stream, position: int) -> Response:
@@ -116,8 +95,8 @@ def _resume_local(stream: Stream, position: int) -> Response:
     _check_position(position, event_log.base, event_log.next_seq)
     if event_log.finished_at(position):
         return Response(status=204)
-    settings = _settings()
-    return _stream_response(relay(_registry(), stream, position,
+    settings = services().settings
+    return _stream_response(relay(services().registry, stream, position,
                                   request.environ.get("gunicorn.socket"),
                                   heartbeat=settings.heartbeat_seconds,
                                   send_timeout=settings.send_timeout_seconds,
@@ -134,10 +113,12 @@ def _resume_remote(events: RedisEvents, number: int, owner: str, position: int) 
             remote = events.past_end(number, owner, position, remote)
     except CannotTell:
         raise unavailable() from None
+    except PastTheEnd:
+        raise bad_last_event_id() from None
     _check_position(position, remote.first, remote.top + 1)
     if remote.ended and position == remote.top + 1:
         return Response(status=204)
-    settings = _settings()
+    settings = services().settings
     return _stream_response(relay_remote(events, number, position,
                                          request.environ.get("gunicorn.socket"),
                                          heartbeat=settings.heartbeat_seconds,
@@ -146,25 +127,33 @@ def _resume_remote(events: RedisEvents, number: int, owner: str, position: int) 
                                          on_close=_log_at_close(None)))
 
 
-def _stream_response(body: object) -> Response:
-    g.axrisi_streaming = True  # the access line is written when the connection ends
-    return sse_response(body)  # type: ignore[arg-type]
+def _stream_response(body: Iterator[bytes]) -> Response:
+    """A streaming response with the contract's headers and no Content-Length."""
+    requestlog.current().streaming = True  # the access line is written when it ends
+    response = Response(body, status=200, content_type="text/event-stream; charset=utf-8",
+                        direct_passthrough=True)
+    response.headers.update(SSE_HEADERS)
+    return response
 
 
 def _log_at_close(stream: Stream | None) -> Callable[[], None]:
     """The access-log line for a stream connection, bound now, written when it closes."""
-    request_id, method, path = g.request_id, request.method, request.path
-    user_hash, started = g.axrisi_user_hash, g.request_started
+    info = requestlog.current()
+    request_id, method, path = info.request_id, request.method, request.path
+    user_hash, started = info.user_hash or "", info.started
 
     def write() -> None:
-        generation = stream.generation if stream is not None else None
+        if stream is None:  # a stream of another worker, relayed from Redis
+            requestlog.stream_line(request_id, method, path, user_hash, command=None,
+                                   started=started, outcome="relayed", first_token_at=None,
+                                   tokens=0)
+            return
+        end, generation = stream.end, stream.generation  # no end yet: the client left first
         requestlog.stream_line(
-            request_id, method, path, user_hash,
-            command=stream.command if stream is not None else None,
-            started=started,
-            outcome=(generation.outcome or "client_gone") if generation else "relayed",
-            first_token_at=generation.first_content_at if generation else None,
-            tokens=generation.content_pieces if generation else 0,
+            request_id, method, path, user_hash, command=stream.command, started=started,
+            outcome=end.outcome if end else "client_gone",
+            first_token_at=end.first_content_at if end else generation.first_content_at,
+            tokens=end.tokens_out if end else generation.content_pieces,
         )
 
     return write

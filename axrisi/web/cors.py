@@ -17,7 +17,7 @@ import re
 from flask import Flask
 from flask_cors import CORS
 
-from .config import Settings
+from ..config import Settings
 
 ALLOW_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID")
 EXPOSE_HEADERS = ("X-Request-ID", "Retry-After")

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from limits.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
 
-from .shared import SharedStore
+from .store import SharedStore
 
 SCHEME = "axrisi+"
 

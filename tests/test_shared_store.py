@@ -13,9 +13,9 @@ import gevent
 import pytest
 import redis
 
-from axrisi import shared
-from axrisi.resume import resume_position
-from axrisi.shared import SharedStore
+from axrisi.shared import store as shared
+from axrisi.shared.store import SharedStore
+from axrisi.web.resume import resume_position
 
 
 def store() -> SharedStore:
@@ -105,7 +105,7 @@ def test_a_request_waits_once() -> None:
 @pytest.mark.parametrize("last_event_id", ["5-1¹", "5-²", "5-³", "5-١", "5-1 2", "5--1",
                                            "5-1234567890123"])
 def test_last_event_ids_that_are_not_ids_are_400(last_event_id: str) -> None:
-    from axrisi.errors import ApiError
+    from axrisi.web.errors import ApiError
 
     with pytest.raises(ApiError) as raised:
         resume_position(5, last_event_id)

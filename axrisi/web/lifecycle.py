@@ -18,8 +18,8 @@ from typing import Any
 
 import gevent
 
+from ..stream.registry import StreamRegistry
 from .errors import ApiError
-from .streams import StreamRegistry
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app
 from markupsafe import escape
 
-from .config import Settings
+from ..config import Settings
+from . import services
 
 bp = Blueprint("web", __name__)
 
@@ -51,7 +52,7 @@ def _page() -> str:
 def index() -> Response:
     """The demo page; in development mode its token field comes filled in."""
     page = _page()
-    settings: Settings = current_app.extensions["axrisi.settings"]
+    settings: Settings = services().settings
     # With JWT_PUBLIC_KEY the service only verifies tokens: it has no key to sign one with.
     if settings.development and not settings.jwt_public_key:
         from .auth import mint_token

@@ -1,6 +1,6 @@
 """The writing side of resumable streams: this worker's events, copied to Redis in order.
 
-Every stream's :class:`~axrisi.eventlog.EventLog` already holds its events; the mirror only
+Every stream's :class:`~axrisi.stream.eventlog.EventLog` already holds its events; the mirror only
 remembers, per stream, the highest event Redis is known to hold (``written``) and which streams
 have more (``dirty``). One writer greenlet per worker copies the difference in one pipeline, one
 batch at a time, so batches can never overtake each other (Redis refuses an entry id below the
@@ -17,7 +17,7 @@ script's answers rewind each one to what Redis really holds.
 The heartbeat (every :data:`HEARTBEAT_SECONDS`) also publishes what readers elsewhere need to
 tell "unknown" from "not written yet" and "running" from "orphaned": this worker's lease in
 ``axrisi:workers`` and the time up to which every stream it started is in Redis
-(``axrisi:synced``). See :mod:`axrisi.resume` for the reading side.
+(``axrisi:synced``). See :mod:`axrisi.shared.events` for the reading side.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import gevent
 import redis
 from gevent.event import Event
 
-from .eventlog import EventLog
-from .shared import OUTAGE_ERRORS, SharedStore
+from ..stream.eventlog import EventLog
+from .store import OUTAGE_ERRORS, SharedStore
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import metrics
+from .. import metrics
 
 log = logging.getLogger(__name__)
 

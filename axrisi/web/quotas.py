@@ -1,0 +1,106 @@
+"""Admission: the per-user quotas a ``POST /api/run`` must pass, and their contract's 429s.
+
+In order: the request rate (flask-limiter with ``AXRISI_RATE_LIMIT``, moving window, its storage
+``axrisi.shared.limitstore``: Redis through the fault model, this worker's share in memory while
+Redis cannot count), the token quota, then an open-stream slot (``axrisi.shared.counters``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import limits
+from flask import Flask, Response
+from flask_limiter import Limiter, RateLimitExceeded
+
+from ..config import Settings
+from ..shared.counters import Lease, StreamSlots, TokenQuota
+from ..shared.limitstore import SCHEME
+from ..shared.store import SharedStore
+from ..users import user_key
+from .auth import current_user
+from .errors import ApiError, json_error
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED_MESSAGE = "Rate limit exceeded"
+
+
+class Quotas:
+    """The three limits together, as the API uses them."""
+
+    def __init__(self, settings: Settings, store: SharedStore | None) -> None:
+        self.slots = StreamSlots(settings.max_streams_per_user, settings.stream_lease_seconds,
+                                 store)
+        self.tokens = TokenQuota(settings.token_quota, store) if settings.token_quota else None
+
+    def admit(self, user: str) -> Lease:
+        """Check the token quota, then take a stream slot; raise the contract's 429s."""
+        if self.tokens is not None:
+            retry_after = self.tokens.retry_after(user)
+            if retry_after is not None:
+                raise ApiError(429, "quota_exceeded",
+                               "Token quota exceeded; try again when it resets.",
+                               {"Retry-After": str(retry_after)})
+        lease = self.slots.acquire(user)
+        if lease is None:
+            raise ApiError(429, "too_many_streams",
+                           "Too many open streams; close one and try again.")
+        return lease
+
+    def stream_ended(self, user: str, lease: Lease | None, tokens: int) -> None:
+        """Give the slot back and charge the tokens: called on every way a stream ends."""
+        self.slots.release(lease)
+        if self.tokens is not None:
+            self.tokens.charge(user, tokens)
+
+
+rate_limiter = Limiter(
+    key_func=lambda: user_key(current_user()),
+    strategy="moving-window",
+    headers_enabled=False,
+    swallow_errors=True,
+    key_prefix="axrisi",
+)
+
+
+def init_rate_limit(app: Flask, settings: Settings, store: SharedStore | None) -> None:
+    """Configure flask-limiter: storage (see ``limitstore``), and the contract's 429 body."""
+    limits.parse_many(settings.rate_limit)  # the authority on the notation
+    if store is not None:
+        app.config.update(
+            RATELIMIT_STORAGE_URI=SCHEME + store.url,
+            RATELIMIT_STORAGE_OPTIONS={"store": store, "workers": settings.web_concurrency},
+        )
+    else:
+        app.config.update(RATELIMIT_STORAGE_URI="memory://")
+    rate_limiter.init_app(app)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(_error: RateLimitExceeded) -> Response:
+        return json_error(429, "rate_limited", RATE_LIMITED_MESSAGE,
+                          {"Retry-After": str(_rate_retry_after())})
+
+
+def _rate_retry_after() -> int:
+    """Seconds until the breached limit admits again: from 1 to its window's length.
+
+    With the moving window, that is when the oldest hit in the window leaves it: at exactly
+    ``oldest + expiry`` (the window stats' first figure), where the hit still counts (the
+    ``limits`` package compares with ``>=``), so the answer is the whole seconds to that
+    instant plus one, capped at the window. Not flask-limiter's ``RequestLimit.reset_at``: it
+    is ``int(oldest + expiry + 1)``, already rounded up, and rounding it up again said 61 for a
+    60-second window.
+    """
+    try:
+        current = rate_limiter.current_limit
+        if current is not None:
+            window_seconds = current.limit.get_expiry()
+            reset, _remaining = current.window
+            wait = math.floor(max(0.0, reset - time.time())) + 1
+            return max(1, min(window_seconds, wait))
+    except Exception:  # the storage may be gone; a conservative answer beats none
+        log.warning("could not read the rate limit window")
+    return 60

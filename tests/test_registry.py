@@ -1,0 +1,104 @@
+"""Unit tests for the registry's stream states and the one record of how a stream ended.
+
+A fake provider (a generator driven by gevent in this thread) stands in for the model; the
+e2e tests hold the same behaviour to the real gunicorn, upstream and clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gevent
+import pytest
+
+from axrisi.commands import RunRequest
+from axrisi.providers.base import Finish, Prompt, StreamItem, Usage
+from axrisi.stream.ending import StreamEnd, StreamState
+from axrisi.stream.ids import LocalIds
+from axrisi.stream.registry import Retention, Stream, StreamRegistry
+
+REQUEST = RunRequest(command="summarize", text="A page of text.")
+
+
+class SlowProvider:
+    """Yields ``pieces`` tokens ``delay`` s apart, then finishes (with usage when given)."""
+
+    def __init__(self, pieces: int, delay: float, usage: Usage | None = None) -> None:
+        self.pieces, self.delay, self.usage = pieces, delay, usage
+        self.closed = False
+
+    def stream(self, prompt: Prompt) -> Iterator[StreamItem]:
+        try:
+            for n in range(self.pieces):
+                gevent.sleep(self.delay)
+                yield f"t{n} "
+            yield Finish(reason="stop", model="fake", usage=self.usage)
+        finally:
+            self.closed = True
+
+
+def registry_with(provider: SlowProvider, grace: float = 0.0,
+                  ended: list[tuple[Stream, StreamEnd]] | None = None) -> StreamRegistry:
+    hooks = ended if ended is not None else []
+    return StreamRegistry(provider, LocalIds(), upstream_timeout=5.0,
+                          retention=Retention(grace_seconds=grace), owner_key=lambda u: u,
+                          on_end=lambda stream, end: hooks.append((stream, end)))
+
+
+def test_a_finished_stream_settles_with_one_end_record() -> None:
+    ended: list[tuple[Stream, StreamEnd]] = []
+    registry = registry_with(SlowProvider(3, 0.001, Usage(10, 3)), ended=ended)
+    stream = registry.start("alice", REQUEST)
+    assert stream.state is StreamState.GENERATING
+    stream.generation.greenlet.join(2)
+    assert stream.state is StreamState.SETTLED and stream.settled
+    [(hooked, end)] = ended
+    assert hooked is stream and stream.end is end
+    assert (end.outcome, end.tokens_out, end.tokens_used) == ("done", 3, 13)
+    assert end.first_content_at is not None and end.ended_at >= end.first_content_at
+
+
+def test_without_usage_the_tokens_are_counted() -> None:
+    ended: list[tuple[Stream, StreamEnd]] = []
+    registry = registry_with(SlowProvider(4, 0.001), ended=ended)
+    stream = registry.start("alice", REQUEST)
+    stream.generation.greenlet.join(2)
+    end = ended[0][1]
+    assert end.tokens_out == 4
+    assert end.tokens_used == 4 + -(-stream.generation.prompt_chars // 4)
+
+
+def test_the_last_client_leaving_cancels_at_once_without_grace() -> None:
+    provider = SlowProvider(1000, 0.01)
+    registry = registry_with(provider)
+    stream = registry.start("alice", REQUEST)
+    registry.attach(stream)
+    gevent.sleep(0.05)
+    registry.detach(stream)
+    stream.generation.greenlet.join(2)
+    assert provider.closed and stream.settled
+    assert stream.end is not None and stream.end.outcome == "cancelled"
+    assert stream.end.cancel_requested_at is not None
+
+
+@pytest.mark.parametrize("comes_back", [True, False])
+def test_grace_keeps_generating_until_a_client_comes_back_or_it_runs_out(
+        comes_back: bool) -> None:
+    provider = SlowProvider(1000, 0.01)
+    registry = registry_with(provider, grace=0.2)
+    stream = registry.start("alice", REQUEST)
+    registry.attach(stream)
+    registry.detach(stream)
+    assert stream.state is StreamState.IN_GRACE
+    if comes_back:
+        registry.attach(stream)
+        assert stream.state is StreamState.GENERATING
+        gevent.sleep(0.4)
+        assert stream.state is StreamState.GENERATING and not provider.closed
+        stream.generation.interrupt("shutting_down", "bye")
+    else:
+        gevent.sleep(0.4)
+    stream.generation.greenlet.join(2)
+    assert stream.settled and provider.closed
+    assert stream.end is not None
+    assert stream.end.outcome == ("shutting_down" if comes_back else "cancelled")

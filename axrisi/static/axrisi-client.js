@@ -33,11 +33,15 @@ const CR = 13;
  *   line end (not two: the bug of eventsource-parser #17);
  * - a line starting with `:` is a comment; `field: value` loses one leading space of its value;
  *   a line without a colon is a field with an empty value;
- * - `event` sets the type, `data` lines are joined with `\n`, `id` sets the last event id unless
- *   its value contains U+0000 NULL (the id persists across events until changed), `retry` sets
- *   the reconnection time when it is ASCII digits only, other fields are ignored;
- * - a blank line dispatches the event, unless its data is empty; a trailing, unterminated event
- *   at the end of the stream is discarded.
+ * - `event` sets the type, `data` lines are joined with `\n`, `id` sets the event id buffer unless
+ *   its value contains U+0000 NULL, `retry` sets the reconnection time when it is ASCII digits
+ *   only, other fields are ignored;
+ * - a blank line ends a block: {@link SSEParser#lastEventId} takes the id buffer's value (also for
+ *   a block without data, as the standard's dispatch does), and the event is dispatched unless its
+ *   data is empty; the id persists across events and connections until an `id:` changes it;
+ * - at the end of the stream an unterminated last line and a block never ended by a blank line
+ *   are discarded, its `id:` included: the id a client reconnects with comes from ended blocks
+ *   only (web-platform-tests `eventsource/format-data-before-final-empty-line`).
  *
  * `feed` takes text. Decode bytes with one `TextDecoder("utf-8")` in stream mode per connection
  * (which also drops a leading byte-order mark, as the standard wants), or use {@link feedBytes},
@@ -56,14 +60,33 @@ export class SSEParser {
   constructor(hooks = {}) {
     /** The last valid `retry:` value in milliseconds, or `null` when none arrived. @type {number|null} */
     this.retry = null;
-    /** The last event id string (persists across events, as in the standard). @type {string} */
-    this.lastEventId = "";
     this._hooks = hooks;
     this._buffer = "";
     this._skipLF = false;
     this._data = "";
     this._type = "";
+    /** The standard's "last event ID buffer": `id:` fields of the block being read. */
+    this._id = "";
+    /** The standard's "last event ID string". */
+    this._lastEventId = "";
+    /** @type {TextDecoder|null} */
     this._decoder = null;
+  }
+
+  /**
+   * The last event id: the id buffer as of the last blank line (the standard's "last event ID
+   * string"), the value to send as `Last-Event-ID` when reconnecting. It persists across events
+   * and across {@link end}; an `id:` in a block that never got its blank line does not count.
+   * Setting it (before feeding a new connection, say) sets both it and the id buffer.
+   * @type {string}
+   */
+  get lastEventId() {
+    return this._lastEventId;
+  }
+
+  set lastEventId(value) {
+    this._lastEventId = String(value);
+    this._id = this._lastEventId;
   }
 
   /**
@@ -72,6 +95,7 @@ export class SSEParser {
    * @returns {SSEEvent[]}
    */
   feed(text) {
+    /** @type {SSEEvent[]} */
     const events = [];
     if (!text) return events;
     if (this._skipLF) {
@@ -113,13 +137,16 @@ export class SSEParser {
   }
 
   /**
-   * The end of the stream: flushes the decoder of {@link feedBytes}, processes a last line that
-   * has no line end, and discards an event that was never terminated by a blank line (as the
-   * standard says). Returns the events completed on the way (always none by the standard's rules,
-   * kept for symmetry). The parser can then be reused for a new connection.
+   * The end of the stream: flushes the decoder of {@link feedBytes}, then discards what never
+   * ended, as the standard says ("any pending data must be discarded"): a last line without a
+   * line end (whatever its field, `retry:` included) and an event never terminated by a blank
+   * line, with its `id:` (the id buffer goes back to {@link lastEventId}). Returns the events
+   * completed on the way: always none by those rules, kept for symmetry with `feed`. The parser
+   * can then be reused for a new connection, keeping `lastEventId` and `retry`.
    * @returns {SSEEvent[]}
    */
   end() {
+    /** @type {SSEEvent[]} */
     const events = [];
     if (this._decoder) {
       const rest = this._decoder.decode();
@@ -131,9 +158,14 @@ export class SSEParser {
     this._skipLF = false;
     this._data = "";
     this._type = "";
+    this._id = this._lastEventId;
     return events;
   }
 
+  /**
+   * @param {string} line
+   * @param {SSEEvent[]} events
+   */
   _line(line, events) {
     if (line === "") {
       this._dispatch(events);
@@ -159,7 +191,7 @@ export class SSEParser {
         this._data += value + "\n";
         break;
       case "id":
-        if (value.indexOf("\u0000") === -1) this.lastEventId = value;
+        if (value.indexOf("\u0000") === -1) this._id = value;
         break;
       case "retry":
         if (/^[0-9]+$/.test(value)) {
@@ -172,14 +204,17 @@ export class SSEParser {
     }
   }
 
+  /** @param {SSEEvent[]} events */
   _dispatch(events) {
+    // The standard's dispatch sets the last event ID string first, even for a block with no data.
+    this._lastEventId = this._id;
     if (this._data === "") {
       this._type = "";
       return;
     }
     let data = this._data;
     if (data.charCodeAt(data.length - 1) === LF) data = data.slice(0, -1);
-    events.push({ id: this.lastEventId, event: this._type || "message", data });
+    events.push({ id: this._lastEventId, event: this._type || "message", data });
     this._data = "";
     this._type = "";
   }
@@ -219,7 +254,10 @@ export class AxrisiError extends Error {
     this.commandId = commandId;
     /** The response's `X-Request-ID`, to quote in a bug report, when the header was readable. */
     this.requestId = requestId;
-    /** What had arrived before the error ({title, content, commandId}); set by streamCommand. */
+    /**
+     * What had arrived before the error; set by streamCommand.
+     * @type {{title: string, content: string, commandId: number|null}|null}
+     */
     this.partial = null;
   }
 }
@@ -237,7 +275,11 @@ export class AxrisiError extends Error {
  * @property {string} [language]  The target language (`translate`).
  * @property {string} [instruction]  The instruction (`custom`).
  * @property {AbortSignal} [signal]  Aborting stops reading and cancels the request, so the
- *   server closes its upstream; the promise then rejects with the signal's reason.
+ *   server closes its upstream; the promise then rejects with the signal's reason. Once the
+ *   stream's id is known, aborting also sends `DELETE /api/streams/<streamId>` (see
+ *   `stopOnAbort`), which stops it on the server even while resume grace keeps it running.
+ * @property {boolean} [stopOnAbort=true]  Send that `DELETE` when aborted (best effort: its
+ *   outcome is not awaited, and a failure is ignored).
  * @property {number} [maxRetries=3]  Reconnection attempts in a row without a new event.
  * @property {boolean|number} [keepAlive]  In an MV3 service worker, call
  *   `chrome.runtime.getPlatformInfo()` every 25 s while streaming so that Chrome does not stop the
@@ -276,13 +318,17 @@ export async function* streamEvents(options) {
   const opts = normalize(options);
   const controller = new AbortController();
   const userSignal = opts.signal;
-  const onUserAbort = () => controller.abort(userSignal.reason);
+  let lastId = "";
+  let ended = false;
+  const onUserAbort = () => {
+    controller.abort(userSignal?.reason);
+    if (!ended && opts.stopOnAbort !== false) stopStream(opts, lastId);
+  };
   if (userSignal) {
     if (userSignal.aborted) throw abortReason(userSignal);
     userSignal.addEventListener("abort", onUserAbort, { once: true });
   }
   const stopKeepAlive = startKeepAlive(opts.keepAlive);
-  let lastId = "";
   let lastSeq = -1;
   let retryMs = DEFAULT_RETRY_MS;
   let failures = 0;
@@ -297,7 +343,8 @@ export async function* streamEvents(options) {
           : await start(opts, controller.signal);
         opts.onOpen?.({ status: response.status, resumed, requestId: requestIdOf(response) });
         const parser = new SSEParser({ onRetry: (ms) => { retryMs = ms; } });
-        const reader = response.body.getReader();
+        // request() answers only responses that have a body.
+        const reader = /** @type {ReadableStream<Uint8Array>} */ (response.body).getReader();
         try {
           for (;;) {
             const { value, done } = await reader.read();
@@ -314,7 +361,10 @@ export async function* streamEvents(options) {
               progressed = true;
               failures = 0;
               yield event;
-              if (isTerminal(event)) return;
+              if (isTerminal(event)) {
+                ended = true;
+                return;
+              }
             }
             if (done) break;
           }
@@ -364,8 +414,20 @@ export async function* streamEvents(options) {
  * @typedef {object} StreamResult
  * @property {string} title  The title event's title.
  * @property {string} content  Every content event's `content`, joined in order: the model's output.
- * @property {object} done  The terminal event's payload (`{done: true, finishReason, usage, ...}`).
+ * @property {Record<string, unknown>|null} done  The terminal event's payload (`{done: true,
+ *   finishReason, usage, ...}`); `null` only while the stream runs.
  * @property {number|null} commandId  The stream's command id.
+ */
+
+/**
+ * Options of {@link streamCommand}: {@link StreamOptions} and callbacks.
+ * @typedef {StreamOptions & {
+ *   onTitle?: (title: string, payload: Record<string, unknown>) => void,
+ *   onContent?: (piece: string, content: string, payload: Record<string, unknown>) => void,
+ *   onDone?: (payload: Record<string, unknown>, result: StreamResult) => void,
+ *   onError?: (error: AxrisiError) => void,
+ *   onEvent?: (event: SSEEvent) => void,
+ * }} StreamCommandOptions
  */
 
 /**
@@ -378,13 +440,8 @@ export async function* streamEvents(options) {
  * promise rejects with the same error (its `partial` holds what had arrived), or with the
  * signal's reason when aborted (then `onError` is not called: the caller stopped it).
  *
- * @param {StreamOptions & {
- *   onTitle?: (title: string, payload: object) => void,
- *   onContent?: (piece: string, content: string, payload: object) => void,
- *   onDone?: (payload: object, result: StreamResult) => void,
- *   onError?: (error: AxrisiError) => void,
- *   onEvent?: (event: SSEEvent) => void,
- * }} options  See {@link StreamOptions}; `onEvent` sees every raw event first.
+ * @param {StreamCommandOptions} options  See {@link StreamOptions}; `onEvent` sees every raw
+ *   event first.
  * @returns {Promise<StreamResult>}
  * @example
  * const controller = new AbortController();
@@ -395,7 +452,12 @@ export async function* streamEvents(options) {
  * });
  */
 export async function streamCommand(options) {
+  /** @type {StreamResult} */
   const result = { title: "", content: "", done: null, commandId: null };
+  /**
+   * @param {unknown} error
+   * @returns {never}
+   */
   const fail = (error) => {
     if (error instanceof AxrisiError) {
       error.partial = { title: result.title, content: result.content, commandId: result.commandId };
@@ -413,7 +475,7 @@ export async function streamCommand(options) {
           status: 200,
           code: String(payload?.code ?? "internal"),
           error: String(payload?.error ?? "The stream ended with an error."),
-          commandId: payload?.commandId ?? result.commandId,
+          commandId: result.commandId, // Taken from this payload above when it has one.
         }));
       }
       if (event.event !== "message" || !payload) continue;
@@ -458,6 +520,7 @@ export class StreamProcessor {
     /** The text received so far. @type {string} */
     this.buffer = "";
     this.onUpdate = onUpdate;
+    /** @type {AbortController|null} */
     this._controller = null;
   }
 
@@ -474,7 +537,7 @@ export class StreamProcessor {
    * Stream a command into this processor: every content event goes through
    * {@link StreamProcessor#processChunk}. A previous run still going is cleaned up first.
    * `options.signal`, when given, also stops the run.
-   * @param {StreamOptions & object} options  As for {@link streamCommand}.
+   * @param {StreamCommandOptions} options  As for {@link streamCommand}.
    * @returns {Promise<StreamResult>}
    */
   run(options) {
@@ -533,22 +596,39 @@ export function streamOf(eventId) {
 
 // ---------------------------------------------------------------------------------------------
 
+/** @typedef {StreamOptions & {baseUrl: string, fetch: typeof fetch, maxRetries: number}} Options */
+
+/**
+ * @param {StreamOptions} options
+ * @returns {Options}
+ */
 function normalize(options) {
   if (!options || typeof options !== "object") throw new TypeError("streamEvents needs an options object.");
   const baseUrl = String(options.baseUrl ?? globalThis.location?.origin ?? "").replace(/\/+$/, "");
   const fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
-  const maxRetries = Number.isFinite(options.maxRetries) ? Math.max(0, options.maxRetries) : 3;
+  const retries = options.maxRetries;
+  const maxRetries = typeof retries === "number" && Number.isFinite(retries) ? Math.max(0, retries) : 3;
   return { ...options, baseUrl, fetch: fetchImpl, maxRetries };
 }
 
+/**
+ * @param {Options} opts
+ * @returns {Promise<string>}
+ */
 async function tokenOf(opts) {
   const token = typeof opts.token === "function" ? await opts.token() : opts.token;
   return token ? String(token) : "";
 }
 
+/**
+ * @param {Options} opts
+ * @param {AbortSignal} signal
+ * @returns {Promise<Response>}
+ */
 async function start(opts, signal) {
+  /** @type {Record<string, string>} */
   const body = { command: opts.command, text: opts.text };
-  for (const name of ["title", "language", "instruction"]) {
+  for (const name of /** @type {const} */ (["title", "language", "instruction"])) {
     if (opts[name] !== undefined && opts[name] !== null && opts[name] !== "") body[name] = opts[name];
   }
   const response = await request(opts, `${opts.baseUrl}/api/run`, {
@@ -559,13 +639,48 @@ async function start(opts, signal) {
   return response;
 }
 
+/**
+ * Ask the server to stop the stream (`DELETE /api/streams/<streamId>`): with resume grace on,
+ * closing the connection alone leaves the model running for the grace. Best effort: `keepalive`
+ * lets it outlive a closing page, and its outcome is ignored.
+ * @param {Options} opts
+ * @param {string} lastId
+ * @returns {void}
+ */
+function stopStream(opts, lastId) {
+  const streamId = streamOf(lastId);
+  if (!streamId) return;
+  tokenOf(opts).then((token) => {
+    /** @type {Record<string, string>} */
+    const headers = { ...(opts.headers || {}) };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return opts.fetch(`${opts.baseUrl}/api/streams/${encodeURIComponent(streamId)}`, {
+      method: "DELETE", headers, keepalive: true, cache: "no-store", credentials: "omit",
+    });
+  }).catch(() => {});
+}
+
+/**
+ * @param {Options} opts
+ * @param {string} lastId
+ * @param {AbortSignal} signal
+ * @returns {Promise<Response>}
+ */
 async function resume(opts, lastId, signal) {
   const url = `${opts.baseUrl}/api/streams/${encodeURIComponent(streamOf(lastId))}`;
   return request(opts, url, { method: "GET", headers: { "Last-Event-ID": lastId } }, signal);
 }
 
+/**
+ * @param {Options} opts
+ * @param {string} url
+ * @param {{method: string, headers: Record<string, string>, body?: string}} init
+ * @param {AbortSignal} signal
+ * @returns {Promise<Response>}
+ */
 async function request(opts, url, init, signal) {
   const token = await tokenOf(opts);
+  /** @type {Record<string, string>} */
   const headers = { Accept: "text/event-stream", ...(opts.headers || {}), ...init.headers };
   if (token) headers.Authorization = `Bearer ${token}`;
   let response;
@@ -587,7 +702,9 @@ async function request(opts, url, init, signal) {
   }
   if (!response.ok) throw await httpError(response);
   const type = response.headers.get("Content-Type") || "";
-  if (!/^text\/event-stream\b/i.test(type) || !response.body) {
+  // The MIME type's essence must be text/event-stream; parameters (a charset) are ignored, and
+  // the body is UTF-8 whatever they say, as for EventSource.
+  if (!/^text\/event-stream[\t ]*(;|$)/i.test(type) || !response.body) {
     response.body?.cancel().catch(() => {});
     throw new AxrisiError({
       status: response.status,
@@ -599,6 +716,10 @@ async function request(opts, url, init, signal) {
   return response;
 }
 
+/**
+ * @param {Response} response
+ * @returns {Promise<AxrisiError>}
+ */
 async function httpError(response) {
   let text = "";
   try {
@@ -625,6 +746,10 @@ async function httpError(response) {
   });
 }
 
+/**
+ * @param {string|null} value
+ * @returns {number|null}
+ */
 function parseRetryAfter(value) {
   if (!value) return null;
   if (/^\s*\d+\s*$/.test(value)) return parseInt(value, 10);
@@ -632,6 +757,10 @@ function parseRetryAfter(value) {
   return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
 }
 
+/**
+ * @param {Response} response
+ * @returns {string|null}
+ */
 function requestIdOf(response) {
   try {
     return response.headers.get("X-Request-ID");
@@ -640,11 +769,16 @@ function requestIdOf(response) {
   }
 }
 
+/** @param {AxrisiError} error */
 function isRetryableStatus(error) {
   // A resume that meets a draining or overloaded instance may land elsewhere on the next try.
   return error.code === "network_error" || [502, 503, 504].includes(error.status);
 }
 
+/**
+ * @param {string} eventId
+ * @returns {number|null}
+ */
 function sequenceOf(eventId) {
   const dash = eventId ? eventId.lastIndexOf("-") : -1;
   if (dash <= 0) return null;
@@ -652,18 +786,39 @@ function sequenceOf(eventId) {
   return /^[0-9]+$/.test(tail) ? Number(tail) : null;
 }
 
+/**
+ * Each event's parsed data, parsed once (isTerminal and streamCommand both look at it).
+ * @type {WeakMap<SSEEvent, Record<string, unknown>|null>}
+ */
+const payloads = new WeakMap();
+
+/**
+ * The event's data parsed as JSON when it is a JSON object, else `null`.
+ * @param {SSEEvent} event
+ * @returns {Record<string, unknown>|null}
+ */
 function parseData(event) {
-  if (event._payload !== undefined) return event._payload;
+  const known = payloads.get(event);
+  if (known !== undefined) return known;
+  /** @type {unknown} */
   let payload = null;
   try {
     payload = JSON.parse(event.data);
   } catch {
     payload = null;
   }
-  Object.defineProperty(event, "_payload", { value: payload, enumerable: false });
-  return payload;
+  const object = payload !== null && typeof payload === "object" && !Array.isArray(payload)
+    ? /** @type {Record<string, unknown>} */ (payload)
+    : null;
+  payloads.set(event, object);
+  return object;
 }
 
+/**
+ * @param {number} ms
+ * @param {AbortSignal} signal
+ * @returns {Promise<void>}
+ */
 function sleep(ms, signal) {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();
@@ -677,6 +832,10 @@ function sleep(ms, signal) {
   });
 }
 
+/**
+ * @param {string} message
+ * @returns {Error}
+ */
 function abortError(message) {
   try {
     return new DOMException(message, "AbortError");
@@ -685,6 +844,10 @@ function abortError(message) {
   }
 }
 
+/**
+ * @param {AbortSignal|undefined} signal
+ * @returns {unknown}
+ */
 function abortReason(signal) {
   if (!signal || !signal.aborted) return abortError("The stream was aborted.");
   return signal.reason ?? abortError("The stream was aborted.");
@@ -696,14 +859,19 @@ function inExtensionServiceWorker() {
     && typeof globalThis.chrome?.runtime?.getPlatformInfo === "function";
 }
 
+/**
+ * @param {boolean|number|undefined} option
+ * @returns {() => void}  Stops it.
+ */
 function startKeepAlive(option) {
   const wanted = option === undefined ? inExtensionServiceWorker() : Boolean(option);
   const runtime = globalThis.chrome?.runtime;
-  if (!wanted || typeof runtime?.getPlatformInfo !== "function") return () => {};
+  const getPlatformInfo = runtime?.getPlatformInfo;
+  if (!wanted || typeof getPlatformInfo !== "function") return () => {};
   const interval = typeof option === "number" && option > 0 ? option : KEEPALIVE_INTERVAL_MS;
   const timer = setInterval(() => {
     try {
-      const pending = runtime.getPlatformInfo();
+      const pending = getPlatformInfo.call(runtime);
       if (pending && typeof pending.catch === "function") pending.catch(() => {});
     } catch {
       // The extension context is gone; nothing to keep alive.

@@ -194,11 +194,11 @@ def upstream() -> Iterator[FakeUpstream]:
         yield fake
 
 
-@pytest.fixture(scope="package")
-def server(upstream: FakeUpstream, allowed_origin: WebOrigin) -> Iterator[Gunicorn]:
+def service_env(upstream: FakeUpstream, allowed_origin: WebOrigin, **extra: str
+                ) -> dict[str, Any]:
     """The service in development mode (so the demo page carries a token), against the fake
     upstream, allowing one other origin to call the API."""
-    env: dict[str, Any] = {
+    return {
         "AXRISI_ENV": "development",
         "JWT_SECRET_KEY": TEST_SECRET,
         "JWT_AUDIENCE": None,
@@ -213,8 +213,14 @@ def server(upstream: FakeUpstream, allowed_origin: WebOrigin) -> Iterator[Gunico
         "AXRISI_MAX_STREAMS_PER_USER": "0",
         "AXRISI_RATE_LIMIT": "100000/minute",
         "CORS_ORIGINS": allowed_origin.url,
+        **extra,
     }
-    with Gunicorn(env) as gunicorn:
+
+
+@pytest.fixture(scope="package")
+def server(upstream: FakeUpstream, allowed_origin: WebOrigin) -> Iterator[Gunicorn]:
+    """The service as the browser tests meet it (see :func:`service_env`)."""
+    with Gunicorn(service_env(upstream, allowed_origin)) as gunicorn:
         yield gunicorn
 
 

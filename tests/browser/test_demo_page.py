@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Any
 
@@ -11,6 +12,8 @@ import requests
 
 from tests.e2e.servers import Gunicorn
 from tests.fake_upstream import FakeUpstream, Scenario
+
+from .conftest import WebOrigin, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -74,6 +77,26 @@ def test_stop_cancels_the_upstream(page: Any, server: Gunicorn, upstream: FakeUp
     assert record.tokens_sent < 400
     assert page.is_hidden("#error")
     assert page.text_content("#answer").startswith("w0 w1 w2")
+
+
+def test_stop_stops_the_model_even_with_resume_grace(page: Any, upstream: FakeUpstream,
+                                                    allowed_origin: WebOrigin) -> None:
+    """With 30 s of resume grace a closed connection looks like a drop, so the model would go
+    on; Stop (the client's DELETE on abort) still closes the upstream within about a second."""
+    key = unique_key("stop-grace")
+    upstream.add_scenario(key, Scenario(tokens=[f"g{i} " for i in range(2000)], delay=0.03))
+    env = service_env(upstream, allowed_origin, AXRISI_RESUME_GRACE_SECONDS="30")
+    with Gunicorn(env) as graced:
+        open_demo(page, graced)
+        page.fill("#text", f"A long text {key}")
+        page.click("#start")
+        record = upstream.wait_for_request(key)
+        page.wait_for_function("() => Number(document.getElementById('events').textContent) >= 3")
+        stopped_at = time.monotonic()
+        page.click("#stop")
+        wait_state(page, "stopped")
+        assert record.wait_closed(3), "the upstream request ran on through the grace"
+        assert record.closed_at is not None and record.closed_at - stopped_at < 1.5
 
 
 XSS_TOKENS = [

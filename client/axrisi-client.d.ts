@@ -1,0 +1,322 @@
+// Type declarations for axrisi-client.js, the browser client of Axrisi Stream.
+//
+// Written by hand from the module's JSDoc and the service's contract (shared/API.md), so that the
+// payloads have the contract's shapes. tests/test_client_package.py keeps them honest: every
+// export of the module is declared here and nothing here is declared that the module lacks, the
+// word `any` appears nowhere in this file, and a strict TypeScript consumer compiles against the
+// packed package (client/consumer-check). Open-ended shapes are `unknown`.
+//
+// The module uses `fetch`, `AbortSignal`, `ReadableStream` and `TextDecoder`: compile with the
+// "DOM" or the "WebWorker" lib (an extension service worker is a worker).
+
+/** The reconnection delay when the server sent no `retry:` field, in milliseconds (1000). */
+export declare const DEFAULT_RETRY_MS: number;
+/** The longest wait between two reconnection attempts, in milliseconds (30000). */
+export declare const MAX_RETRY_DELAY_MS: number;
+/** How often `keepAlive` calls `chrome.runtime.getPlatformInfo()`, in milliseconds (25000). */
+export declare const KEEPALIVE_INTERVAL_MS: number;
+
+// ---- Server-Sent Events ------------------------------------------------------------------------
+
+/** One parsed Server-Sent Event. */
+export interface SSEEvent {
+  /** The last event id when it was dispatched (`"<streamId>-<n>"` from this service). */
+  id: string;
+  /** The event type: `"message"` unless an `event:` field named another (`"error"` here). */
+  event: string;
+  /** The data lines joined with `\n` (one line of compact JSON from this service). */
+  data: string;
+}
+
+/** Hooks of {@link SSEParser}. */
+export interface SSEParserHooks {
+  /** Called with each valid `retry:` value, in milliseconds. */
+  onRetry?: ((ms: number) => void) | undefined;
+  /** Called with each comment's text (after the colon), e.g. `" ping"` for a heartbeat. */
+  onComment?: ((text: string) => void) | undefined;
+}
+
+/**
+ * An incremental `text/event-stream` parser following the HTML standard's event stream
+ * interpretation, whatever the chunk boundaries (a CRLF or a UTF-8 character split across two
+ * chunks included). An event left without its blank line at the end of the stream is discarded,
+ * its `id:` with it.
+ */
+export declare class SSEParser {
+  constructor(hooks?: SSEParserHooks);
+  /** The last valid `retry:` value in milliseconds, or `null` when none arrived. */
+  readonly retry: number | null;
+  /**
+   * The last event id as of the last blank line (the standard's "last event ID string"): the
+   * value to send as `Last-Event-ID` when reconnecting. It persists across events and across
+   * {@link SSEParser.end}. Setting it sets the id that later events carry until an `id:` field.
+   */
+  get lastEventId(): string;
+  set lastEventId(value: string);
+  /** Feed the next piece of decoded text; returns the events it completed, in order. */
+  feed(text: string): SSEEvent[];
+  /** Feed raw bytes, decoded as UTF-8 in stream mode; `null` ends the stream like `end()`. */
+  feedBytes(bytes: Uint8Array | null): SSEEvent[];
+  /**
+   * The end of the stream: flushes the decoder and discards what never ended (a last line
+   * without its line end, a block without its blank line, `id:` included). Returns no events by
+   * the standard's rules. The parser can then be reused for a new connection.
+   */
+  end(): SSEEvent[];
+}
+
+// ---- The contract's payloads (shared/API.md) ----------------------------------------------------
+
+/** A command from `GET /api/commands`; the service may offer more than these. */
+export type CommandName = "summarize" | "explain" | "translate" | "rewrite" | "custom" | (string & {});
+
+/** The first event's data. Extra fields are allowed by the contract, hence the index signature. */
+export interface TitlePayload {
+  title: string;
+  commandId: number;
+  readonly [field: string]: unknown;
+}
+
+/** A content event's data: `content` strings, joined in order, are the model's output. */
+export interface ContentPayload {
+  content: string;
+  commandId: number;
+  readonly [field: string]: unknown;
+}
+
+/** Token counts of a finished stream, as the upstream reported them. */
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+  readonly [field: string]: unknown;
+}
+
+/** The data of the terminal `done` event. */
+export interface DonePayload {
+  done: true;
+  commandId: number;
+  finishReason: string;
+  /** Where known. */
+  usage?: Usage;
+  /** The model that answered (the fallback's, when the primary upstream failed). */
+  model?: string;
+  readonly [field: string]: unknown;
+}
+
+/** The data of a terminal `event: error`. */
+export interface ErrorPayload {
+  error: string;
+  code: StreamErrorCode | (string & {});
+  commandId: number;
+  readonly [field: string]: unknown;
+}
+
+/**
+ * Any event's data, for readers of {@link streamEvents}:
+ * `const payload = JSON.parse(event.data) as StreamPayload`.
+ */
+export type StreamPayload = TitlePayload | ContentPayload | DonePayload | ErrorPayload;
+
+// ---- Errors ----------------------------------------------------------------------------------------
+
+/** The codes of the contract's HTTP error answers. */
+export type HttpErrorCode =
+  | "invalid_json"
+  | "invalid_request"
+  | "unknown_command"
+  | "unauthorized"
+  | "not_found"
+  | "too_large"
+  | "unsupported_media_type"
+  | "rate_limited"
+  | "too_many_streams"
+  | "quota_exceeded"
+  | "unavailable";
+
+/** The codes of a stream's terminal `event: error`. */
+export type StreamErrorCode =
+  | "upstream_error"
+  | "upstream_timeout"
+  | "quota_exceeded"
+  | "shutting_down"
+  | "cancelled"
+  | "internal";
+
+/**
+ * The codes the client makes itself: a connection that failed or could not be resumed, an answer
+ * that is not an event stream, and an HTTP error whose body had no code (`"http_502"`).
+ */
+export type ClientErrorCode = "network_error" | "bad_response" | `http_${number}`;
+
+/** An {@link AxrisiError}'s code: one of the above, or a code of a newer service. */
+export type AxrisiErrorCode = HttpErrorCode | StreamErrorCode | ClientErrorCode | (string & {});
+
+/** The constructor argument of {@link AxrisiError}. */
+export interface AxrisiErrorDetails {
+  status?: number | undefined;
+  code: AxrisiErrorCode;
+  error: string;
+  retryAfter?: number | null | undefined;
+  commandId?: number | null | undefined;
+  requestId?: string | null | undefined;
+}
+
+/** What had arrived before a stream failed. */
+export interface PartialResult {
+  title: string;
+  content: string;
+  commandId: number | null;
+}
+
+/**
+ * An error of the Axrisi API, whichever way it came: an HTTP error answer, a terminal
+ * `event: error` in the stream (`status` 200), or a failed connection (`status` 0,
+ * `code` `"network_error"`).
+ */
+export declare class AxrisiError extends Error {
+  constructor(details: AxrisiErrorDetails);
+  readonly name: "AxrisiError";
+  /** The HTTP status; 200 for an error event in a stream, 0 without an answer. */
+  readonly status: number;
+  /** The contract's machine-readable code, e.g. `"unauthorized"`, `"upstream_error"`. */
+  readonly code: AxrisiErrorCode;
+  /** The sentence a person can act on. */
+  readonly error: string;
+  /** Seconds to wait before trying again (`Retry-After`), or `null`. */
+  readonly retryAfter: number | null;
+  /** The stream's `commandId` for an error that ended a stream, else `null`. */
+  readonly commandId: number | null;
+  /** The response's `X-Request-ID`, when the header was readable. */
+  readonly requestId: string | null;
+  /** What had arrived before the error; set by {@link streamCommand}, else `null`. */
+  partial: PartialResult | null;
+}
+
+// ---- Streaming -------------------------------------------------------------------------------------
+
+/** What {@link StreamOptions.onOpen} receives. */
+export interface OpenInfo {
+  status: number;
+  /** `false` for `POST /api/run`, `true` for a resume (`GET /api/streams/<id>`). */
+  resumed: boolean;
+  requestId: string | null;
+}
+
+/** What {@link StreamOptions.onReconnect} receives. */
+export interface ReconnectInfo {
+  /** Attempts in a row without a new event, from 1. */
+  attempt: number;
+  /** Milliseconds to wait before this attempt. */
+  delay: number;
+  /** The id sent as `Last-Event-ID`. */
+  lastEventId: string;
+  /** Why the connection ended: an {@link AxrisiError}, a network `TypeError`, or an `Error`. */
+  cause: unknown;
+}
+
+/** Options of {@link streamEvents} and {@link streamCommand}. */
+export interface StreamOptions {
+  /** The service's origin; defaults to the current origin. Required in extension service workers. */
+  baseUrl?: string | undefined;
+  /** The bearer JWT, or a function that returns it (asked again before each reconnection). */
+  token: string | (() => string | Promise<string>);
+  command: CommandName;
+  /** The text to work on. */
+  text: string;
+  /** The source's title. */
+  title?: string | undefined;
+  /** The target language (`translate`). */
+  language?: string | undefined;
+  /** The instruction (`custom`). */
+  instruction?: string | undefined;
+  /**
+   * Aborting cancels the request (the server closes its upstream); the call rejects with its
+   * reason. Once the stream's id is known it also sends `DELETE /api/streams/<streamId>`.
+   */
+  signal?: AbortSignal | undefined;
+  /** Send `DELETE /api/streams/<streamId>` when aborted (default true; best effort). */
+  stopOnAbort?: boolean | undefined;
+  /** Reconnection attempts in a row without a new event (default 3). */
+  maxRetries?: number | undefined;
+  /**
+   * Call `chrome.runtime.getPlatformInfo()` every 25 s while streaming so that Chrome does not
+   * stop an MV3 service worker. Default: on in an extension's service worker; a number sets the
+   * interval in milliseconds.
+   */
+  keepAlive?: boolean | number | undefined;
+  /** Extra request headers (e.g. `X-Request-ID`). */
+  headers?: Record<string, string> | undefined;
+  /** The fetch function to use (defaults to the global one). */
+  fetch?: typeof fetch | undefined;
+  /** Called when a connection's response headers arrived (the first and every resumed one). */
+  onOpen?: ((info: OpenInfo) => void) | undefined;
+  /** Called before waiting `delay` ms to resume a dropped stream. */
+  onReconnect?: ((info: ReconnectInfo) => void) | undefined;
+}
+
+/** Options of {@link streamCommand} and {@link StreamProcessor.run}: the stream's and callbacks. */
+export interface StreamCommandOptions extends StreamOptions {
+  /** The first event's title. */
+  onTitle?: ((title: string, payload: TitlePayload) => void) | undefined;
+  /** Each content event: the piece, and the whole content so far. */
+  onContent?: ((piece: string, content: string, payload: ContentPayload) => void) | undefined;
+  /** The terminal `done` event. */
+  onDone?: ((payload: DonePayload, result: StreamResult) => void) | undefined;
+  /** An HTTP error, a terminal `event: error`, or a connection that could not be resumed (not an abort). */
+  onError?: ((error: AxrisiError) => void) | undefined;
+  /** Every raw event, before the other callbacks. */
+  onEvent?: ((event: SSEEvent) => void) | undefined;
+}
+
+/** The result of a stream that ended with `done`. */
+export interface StreamResult {
+  /** The title event's title. */
+  title: string;
+  /** Every content event's `content`, joined in order: the model's output. */
+  content: string;
+  /** The terminal event's data. */
+  done: DonePayload;
+  /** The stream's command id. */
+  commandId: number | null;
+}
+
+/**
+ * The stream as an async iterator of parsed events, across reconnections (each event once), up
+ * to and including the terminal one (`done`, or an `event: error`, yielded like any other).
+ * Breaking out of the loop cancels the request. Throws an {@link AxrisiError} for an HTTP error
+ * answer and for a stream that could not be resumed; on abort, the signal's reason.
+ */
+export declare function streamEvents(options: StreamOptions): AsyncGenerator<SSEEvent, void, undefined>;
+
+/**
+ * Run one command and stream its answer through callbacks; resolves with the whole result, or
+ * rejects with an {@link AxrisiError} (its `partial` holds what had arrived) or, when aborted,
+ * with the signal's reason.
+ */
+export declare function streamCommand(options: StreamCommandOptions): Promise<StreamResult>;
+
+/** Options of {@link StreamProcessor}. */
+export interface StreamProcessorOptions {
+  /** Receives the whole text so far and the chunk just added. */
+  onUpdate?: ((text: string, chunk: string) => void) | undefined;
+}
+
+/** A text buffer fed by a stream, with `processChunk` and `cleanup`. */
+export declare class StreamProcessor {
+  constructor(options?: StreamProcessorOptions);
+  /** The text received so far. */
+  buffer: string;
+  onUpdate: ((text: string, chunk: string) => void) | undefined;
+  /** Append a chunk of content and call `onUpdate` with the whole text. */
+  processChunk(content: string): void;
+  /** Stream a command into this processor (a run still going is cleaned up first). */
+  run(options: StreamCommandOptions): Promise<StreamResult>;
+  /** Abort the running stream, if any (the server then closes its upstream). */
+  cleanup(): void;
+}
+
+/** Whether an event ends the stream: an `event: error`, or data with `done: true`. */
+export declare function isTerminal(event: SSEEvent): boolean;
+
+/** The stream id of an event id: the part before its last `-`, or `""` when it has none. */
+export declare function streamOf(eventId: string): string;

@@ -1,0 +1,881 @@
+// Axrisi Stream browser client: one ES module, no imports, no build step.
+//
+// Works in a page, a dedicated Worker and an MV3 extension service worker: it uses only `fetch`,
+// `ReadableStream` readers, `TextDecoder`, `AbortController` and timers (no DOM, no `window`, no
+// `EventSource`, which can neither POST nor send an `Authorization` header).
+//
+//   import { streamCommand } from "/static/axrisi-client.js";
+//   const result = await streamCommand({
+//     baseUrl: "https://axrisi.example", token, command: "summarize", text, title,
+//     onTitle: (title) => { ... }, onContent: (piece, content) => { ... },
+//   });
+//
+// The wire format is the service's contract (shared/API.md): `POST /api/run` answers a stream of
+// Server-Sent Events, each `id: <streamId>-<n>` and one `data:` line of JSON: a title event, content
+// events, then exactly one terminal event (`{"done": true}` or `event: error`). A connection that
+// drops before the terminal event is resumed with `GET /api/streams/<streamId>` and `Last-Event-ID`.
+
+/** The reconnection delay when the server sent no `retry:` field, in milliseconds. */
+export const DEFAULT_RETRY_MS = 1000;
+/** The longest wait between two reconnection attempts, in milliseconds. */
+export const MAX_RETRY_DELAY_MS = 30000;
+/** How often `keepAlive` calls `chrome.runtime.getPlatformInfo()`, in milliseconds. */
+export const KEEPALIVE_INTERVAL_MS = 25000;
+
+const LF = 10;
+const CR = 13;
+
+/**
+ * An incremental parser for the `text/event-stream` format that follows the HTML standard's
+ * "event stream interpretation" rules exactly:
+ *
+ * - lines end in CRLF, LF or CR; a CR that ends one chunk and an LF that starts the next are one
+ *   line end (not two: the bug of eventsource-parser #17);
+ * - a line starting with `:` is a comment; `field: value` loses one leading space of its value;
+ *   a line without a colon is a field with an empty value;
+ * - `event` sets the type, `data` lines are joined with `\n`, `id` sets the event id buffer unless
+ *   its value contains U+0000 NULL, `retry` sets the reconnection time when it is ASCII digits
+ *   only, other fields are ignored;
+ * - a blank line ends a block: {@link SSEParser#lastEventId} takes the id buffer's value (also for
+ *   a block without data, as the standard's dispatch does), and the event is dispatched unless its
+ *   data is empty; the id persists across events and connections until an `id:` changes it;
+ * - at the end of the stream an unterminated last line and a block never ended by a blank line
+ *   are discarded, its `id:` included: the id a client reconnects with comes from ended blocks
+ *   only (web-platform-tests `eventsource/format-data-before-final-empty-line`).
+ *
+ * `feed` takes text. Decode bytes with one `TextDecoder("utf-8")` in stream mode per connection
+ * (which also drops a leading byte-order mark, as the standard wants), or use {@link feedBytes},
+ * which does exactly that.
+ *
+ * @example
+ * const parser = new SSEParser();
+ * for (const event of parser.feed("id: 1\ndata: hello\n\n")) console.log(event.data);
+ */
+export class SSEParser {
+  /**
+   * @param {{onRetry?: (ms: number) => void, onComment?: (text: string) => void}} [hooks]
+   *   `onRetry` is called with each valid `retry:` value; `onComment` with each comment's text
+   *   (after the colon), e.g. the service's `: ping` heartbeats.
+   */
+  constructor(hooks = {}) {
+    /** The last valid `retry:` value in milliseconds, or `null` when none arrived. @type {number|null} */
+    this.retry = null;
+    this._hooks = hooks;
+    this._buffer = "";
+    this._skipLF = false;
+    this._data = "";
+    this._type = "";
+    /** The standard's "last event ID buffer": `id:` fields of the block being read. */
+    this._id = "";
+    /** The standard's "last event ID string". */
+    this._lastEventId = "";
+    /** @type {TextDecoder|null} */
+    this._decoder = null;
+  }
+
+  /**
+   * The last event id: the id buffer as of the last blank line (the standard's "last event ID
+   * string"), the value to send as `Last-Event-ID` when reconnecting. It persists across events
+   * and across {@link end}; an `id:` in a block that never got its blank line does not count.
+   * Setting it (before feeding a new connection, say) sets both it and the id buffer.
+   * @type {string}
+   */
+  get lastEventId() {
+    return this._lastEventId;
+  }
+
+  set lastEventId(value) {
+    this._lastEventId = String(value);
+    this._id = this._lastEventId;
+  }
+
+  /**
+   * Feed the next piece of decoded text; returns the events it completed, in order.
+   * @param {string} text
+   * @returns {SSEEvent[]}
+   */
+  feed(text) {
+    /** @type {SSEEvent[]} */
+    const events = [];
+    if (!text) return events;
+    if (this._skipLF) {
+      this._skipLF = false;
+      if (text.charCodeAt(0) === LF) text = text.slice(1);
+    }
+    const buffer = this._buffer + text;
+    let start = 0;
+    // Characters before the old buffer's end were already scanned and held no line end.
+    let i = this._buffer.length;
+    const n = buffer.length;
+    for (; i < n; i++) {
+      const c = buffer.charCodeAt(i);
+      if (c !== LF && c !== CR) continue;
+      this._line(buffer.slice(start, i), events);
+      if (c === CR) {
+        if (i + 1 < n) {
+          if (buffer.charCodeAt(i + 1) === LF) i++;
+        } else {
+          this._skipLF = true; // The LF of a CRLF may open the next chunk.
+        }
+      }
+      start = i + 1;
+    }
+    this._buffer = buffer.slice(start);
+    return events;
+  }
+
+  /**
+   * Feed raw bytes, decoded as UTF-8 in stream mode (a multi-byte character split across two
+   * chunks comes out whole). Pass `null` (or call {@link end}) at the end of the stream.
+   * @param {Uint8Array|null} bytes
+   * @returns {SSEEvent[]}
+   */
+  feedBytes(bytes) {
+    if (!this._decoder) this._decoder = new TextDecoder("utf-8");
+    if (bytes === null) return this.end();
+    return this.feed(this._decoder.decode(bytes, { stream: true }));
+  }
+
+  /**
+   * The end of the stream: flushes the decoder of {@link feedBytes}, then discards what never
+   * ended, as the standard says ("any pending data must be discarded"): a last line without a
+   * line end (whatever its field, `retry:` included) and an event never terminated by a blank
+   * line, with its `id:` (the id buffer goes back to {@link lastEventId}). Returns the events
+   * completed on the way: always none by those rules, kept for symmetry with `feed`. The parser
+   * can then be reused for a new connection, keeping `lastEventId` and `retry`.
+   * @returns {SSEEvent[]}
+   */
+  end() {
+    /** @type {SSEEvent[]} */
+    const events = [];
+    if (this._decoder) {
+      const rest = this._decoder.decode();
+      if (rest) events.push(...this.feed(rest));
+      this._decoder = null;
+    }
+    // "Once the end of the file is reached, any pending data must be discarded."
+    this._buffer = "";
+    this._skipLF = false;
+    this._data = "";
+    this._type = "";
+    this._id = this._lastEventId;
+    return events;
+  }
+
+  /**
+   * @param {string} line
+   * @param {SSEEvent[]} events
+   */
+  _line(line, events) {
+    if (line === "") {
+      this._dispatch(events);
+      return;
+    }
+    if (line.charCodeAt(0) === 58 /* : */) {
+      if (this._hooks.onComment) this._hooks.onComment(line.slice(1));
+      return;
+    }
+    const colon = line.indexOf(":");
+    let field = line;
+    let value = "";
+    if (colon !== -1) {
+      field = line.slice(0, colon);
+      value = line.slice(colon + 1);
+      if (value.charCodeAt(0) === 32 /* space */) value = value.slice(1);
+    }
+    switch (field) {
+      case "event":
+        this._type = value;
+        break;
+      case "data":
+        this._data += value + "\n";
+        break;
+      case "id":
+        if (value.indexOf("\u0000") === -1) this._id = value;
+        break;
+      case "retry":
+        if (/^[0-9]+$/.test(value)) {
+          this.retry = parseInt(value, 10);
+          if (this._hooks.onRetry) this._hooks.onRetry(this.retry);
+        }
+        break;
+      default:
+        break; // Other fields are ignored.
+    }
+  }
+
+  /** @param {SSEEvent[]} events */
+  _dispatch(events) {
+    // The standard's dispatch sets the last event ID string first, even for a block with no data.
+    this._lastEventId = this._id;
+    if (this._data === "") {
+      this._type = "";
+      return;
+    }
+    let data = this._data;
+    if (data.charCodeAt(data.length - 1) === LF) data = data.slice(0, -1);
+    events.push({ id: this._lastEventId, event: this._type || "message", data });
+    this._data = "";
+    this._type = "";
+  }
+}
+
+/**
+ * One parsed Server-Sent Event.
+ * @typedef {object} SSEEvent
+ * @property {string} id     The last event id when it was dispatched (`"<streamId>-<n>"` here).
+ * @property {string} event  The event type: `"message"` unless an `event:` field named another.
+ * @property {string} data   The data lines joined with `\n` (compact JSON in this service).
+ */
+
+/**
+ * An error of the Axrisi API, whichever way it came: an HTTP error answer (`status` is its status,
+ * `code` and `error` come from the contract's JSON body `{"error", "code"}`, `retryAfter` from
+ * the `Retry-After` header), a terminal `event: error` in the stream (`status` is 200 and
+ * `commandId` names the stream), or a failure of the connection (`code` `"network_error"`).
+ */
+export class AxrisiError extends Error {
+  /**
+   * @param {{status?: number, code: string, error: string, retryAfter?: number|null,
+   *   commandId?: number|null, requestId?: string|null}} details
+   */
+  constructor({ status = 0, code, error, retryAfter = null, commandId = null, requestId = null }) {
+    super(error);
+    this.name = "AxrisiError";
+    /** The HTTP status; 200 for an error event in a stream, 0 without an answer. */
+    this.status = status;
+    /** The contract's machine-readable code, e.g. `"unauthorized"`, `"upstream_error"`. */
+    this.code = code;
+    /** The sentence a person can act on. */
+    this.error = error;
+    /** Seconds to wait before trying again (`Retry-After`), or `null`. */
+    this.retryAfter = retryAfter;
+    /** The stream's `commandId` for an error that ended a stream, else `null`. */
+    this.commandId = commandId;
+    /** The response's `X-Request-ID`, to quote in a bug report, when the header was readable. */
+    this.requestId = requestId;
+    /**
+     * What had arrived before the error; set by streamCommand.
+     * @type {{title: string, content: string, commandId: number|null}|null}
+     */
+    this.partial = null;
+  }
+}
+
+/**
+ * Options of {@link streamEvents} and {@link streamCommand}.
+ * @typedef {object} StreamOptions
+ * @property {string} [baseUrl]  The service's origin, e.g. `"https://axrisi.example"`; defaults to
+ *   the current origin (pages and same-origin workers). Required in extension service workers.
+ * @property {string|(() => string|Promise<string>)} token  The bearer JWT, or a function that
+ *   returns it (asked again before each reconnection, so a refreshed token is used).
+ * @property {string} command  A name from `GET /api/commands`: `summarize`, `explain`, ...
+ * @property {string} text  The text to work on.
+ * @property {string} [title]  The source's title.
+ * @property {string} [language]  The target language (`translate`).
+ * @property {string} [instruction]  The instruction (`custom`).
+ * @property {AbortSignal} [signal]  Aborting stops reading and cancels the request, so the
+ *   server closes its upstream; the promise then rejects with the signal's reason. Once the
+ *   stream's id is known, aborting also sends `DELETE /api/streams/<streamId>` (see
+ *   `stopOnAbort`), which stops it on the server even while resume grace keeps it running.
+ * @property {boolean} [stopOnAbort=true]  Send that `DELETE` when aborted (best effort: its
+ *   outcome is not awaited, and a failure is ignored).
+ * @property {number} [maxRetries=3]  Reconnection attempts in a row without a new event.
+ * @property {boolean|number} [keepAlive]  In an MV3 service worker, call
+ *   `chrome.runtime.getPlatformInfo()` every 25 s while streaming so that Chrome does not stop the
+ *   worker (it does after 30 s without extension API calls). Default: on in an extension's
+ *   service worker, off elsewhere; `true` forces it wherever `chrome.runtime` exists; a number
+ *   sets the interval in milliseconds.
+ * @property {Record<string, string>} [headers]  Extra request headers (e.g. `X-Request-ID`).
+ * @property {typeof fetch} [fetch]  The fetch function to use (defaults to the global one).
+ * @property {(info: {status: number, resumed: boolean, requestId: string|null}) => void} [onOpen]
+ *   Called when a connection's response headers arrived (the first and every resumed one).
+ * @property {(info: {attempt: number, delay: number, lastEventId: string, cause: unknown}) => void}
+ *   [onReconnect]  Called before waiting `delay` ms to resume a dropped stream.
+ */
+
+/**
+ * The stream as an async iterator of parsed events `{id, event, data}`, across reconnections:
+ * a connection that drops before the terminal event is resumed (`GET /api/streams/<streamId>`
+ * with `Last-Event-ID`) after the server's `retry:` delay (default 1 s, doubling on each failed
+ * attempt, capped at 30 s), at most `maxRetries` times in a row; events already yielded are
+ * skipped, so every event comes exactly once. The iterator ends after the terminal event (a
+ * `done` event, or an `event: error`, which is yielded like any other). Breaking out of the loop
+ * cancels the request.
+ *
+ * Throws an {@link AxrisiError} for an HTTP error answer (with `status`, `code`, `error`,
+ * `retryAfter`), for a 404 on resume (`code` `"not_found"`), and for a connection that could not
+ * be resumed (`"network_error"`); on abort it throws the signal's reason (an `AbortError`).
+ *
+ * @param {StreamOptions} options
+ * @returns {AsyncGenerator<SSEEvent, void, undefined>}
+ * @example
+ * for await (const event of streamEvents({ token, command: "summarize", text })) {
+ *   console.log(event.id, event.event, JSON.parse(event.data));
+ * }
+ */
+export async function* streamEvents(options) {
+  const opts = normalize(options);
+  const controller = new AbortController();
+  const userSignal = opts.signal;
+  let lastId = "";
+  let ended = false;
+  const onUserAbort = () => {
+    controller.abort(userSignal?.reason);
+    if (!ended && opts.stopOnAbort !== false) stopStream(opts, lastId);
+  };
+  if (userSignal) {
+    if (userSignal.aborted) throw abortReason(userSignal);
+    userSignal.addEventListener("abort", onUserAbort, { once: true });
+  }
+  const stopKeepAlive = startKeepAlive(opts.keepAlive);
+  let lastSeq = -1;
+  let retryMs = DEFAULT_RETRY_MS;
+  let failures = 0;
+  let resumed = false;
+  try {
+    for (;;) {
+      let progressed = false;
+      let cause = null;
+      try {
+        const response = resumed
+          ? await resume(opts, lastId, controller.signal)
+          : await start(opts, controller.signal);
+        opts.onOpen?.({ status: response.status, resumed, requestId: requestIdOf(response) });
+        const parser = new SSEParser({ onRetry: (ms) => { retryMs = ms; } });
+        // request() answers only responses that have a body.
+        const reader = /** @type {ReadableStream<Uint8Array>} */ (response.body).getReader();
+        try {
+          for (;;) {
+            const { value, done } = await reader.read();
+            const events = done ? parser.feedBytes(null) : parser.feedBytes(value);
+            for (const event of events) {
+              const seq = sequenceOf(event.id);
+              if (seq !== null && lastId && streamOf(event.id) === streamOf(lastId) && seq <= lastSeq) {
+                continue; // Already yielded before a reconnection.
+              }
+              if (event.id) {
+                lastId = event.id;
+                if (seq !== null) lastSeq = seq;
+              }
+              progressed = true;
+              failures = 0;
+              yield event;
+              if (isTerminal(event)) {
+                ended = true;
+                return;
+              }
+            }
+            if (done) break;
+          }
+        } finally {
+          // Stop reading: after the terminal event, on a drop, on abort, or when the consumer
+          // left the loop. Cancelling the reader of an aborted fetch is a harmless no-op.
+          reader.cancel().catch(() => {});
+        }
+        cause = new Error("The connection ended before the stream's last event.");
+      } catch (error) {
+        if (controller.signal.aborted) throw abortReason(userSignal) ?? error;
+        if (error instanceof AxrisiError && !isRetryableStatus(error)) throw error;
+        cause = error;
+      }
+      // The connection dropped (or a resume answered 5xx) before the terminal event.
+      if (controller.signal.aborted) throw abortReason(userSignal);
+      if (!progressed) failures++;
+      else failures = 1;
+      const streamId = streamOf(lastId);
+      if (!streamId || failures > opts.maxRetries) {
+        if (cause instanceof AxrisiError) throw cause;
+        throw new AxrisiError({
+          code: "network_error",
+          error: streamId
+            ? "The connection to the server was lost and could not be resumed."
+            : "The connection to the server was lost before the stream started.",
+        });
+      }
+      let delay = Math.min(MAX_RETRY_DELAY_MS, retryMs * 2 ** (failures - 1));
+      if (cause instanceof AxrisiError && cause.retryAfter != null) {
+        delay = Math.max(delay, Math.min(MAX_RETRY_DELAY_MS, cause.retryAfter * 1000));
+      }
+      opts.onReconnect?.({ attempt: failures, delay, lastEventId: lastId, cause });
+      await sleep(delay, controller.signal);
+      if (controller.signal.aborted) throw abortReason(userSignal);
+      resumed = true;
+    }
+  } finally {
+    stopKeepAlive();
+    if (userSignal) userSignal.removeEventListener("abort", onUserAbort);
+    controller.abort(); // Closes any connection still open (a consumer that broke out early).
+  }
+}
+
+/**
+ * The result of a stream that ended with `done`.
+ * @typedef {object} StreamResult
+ * @property {string} title  The title event's title.
+ * @property {string} content  Every content event's `content`, joined in order: the model's output.
+ * @property {Record<string, unknown>|null} done  The terminal event's payload (`{done: true,
+ *   finishReason, usage, ...}`); `null` only while the stream runs.
+ * @property {number|null} commandId  The stream's command id.
+ */
+
+/**
+ * Options of {@link streamCommand}: {@link StreamOptions} and callbacks.
+ * @typedef {StreamOptions & {
+ *   onTitle?: (title: string, payload: Record<string, unknown>) => void,
+ *   onContent?: (piece: string, content: string, payload: Record<string, unknown>) => void,
+ *   onDone?: (payload: Record<string, unknown>, result: StreamResult) => void,
+ *   onError?: (error: AxrisiError) => void,
+ *   onEvent?: (event: SSEEvent) => void,
+ * }} StreamCommandOptions
+ */
+
+/**
+ * Run one command and stream its answer through callbacks; resolves with the whole result.
+ *
+ * Callbacks: `onTitle(title, payload)` for the first event; `onContent(piece, content, payload)`
+ * for each content event with the text so far; `onDone(payload, result)` at the end; and
+ * `onError(error)` with an {@link AxrisiError} (`{code, error, commandId, status, retryAfter}`)
+ * for an HTTP error, a terminal `event: error` or a connection that could not be resumed. The
+ * promise rejects with the same error (its `partial` holds what had arrived), or with the
+ * signal's reason when aborted (then `onError` is not called: the caller stopped it).
+ *
+ * @param {StreamCommandOptions} options  See {@link StreamOptions}; `onEvent` sees every raw
+ *   event first.
+ * @returns {Promise<StreamResult>}
+ * @example
+ * const controller = new AbortController();
+ * const { content } = await streamCommand({
+ *   baseUrl, token, command: "translate", language: "French", text, signal: controller.signal,
+ *   onContent: (piece, soFar) => render(soFar),
+ *   onError: (e) => show(e.code, e.error),
+ * });
+ */
+export async function streamCommand(options) {
+  /** @type {StreamResult} */
+  const result = { title: "", content: "", done: null, commandId: null };
+  /**
+   * @param {unknown} error
+   * @returns {never}
+   */
+  const fail = (error) => {
+    if (error instanceof AxrisiError) {
+      error.partial = { title: result.title, content: result.content, commandId: result.commandId };
+      if (typeof options.onError === "function") options.onError(error);
+    }
+    throw error;
+  };
+  try {
+    for await (const event of streamEvents(options)) {
+      if (typeof options.onEvent === "function") options.onEvent(event);
+      const payload = parseData(event);
+      if (payload && typeof payload.commandId === "number") result.commandId = payload.commandId;
+      if (event.event === "error") {
+        fail(new AxrisiError({
+          status: 200,
+          code: String(payload?.code ?? "internal"),
+          error: String(payload?.error ?? "The stream ended with an error."),
+          commandId: result.commandId, // Taken from this payload above when it has one.
+        }));
+      }
+      if (event.event !== "message" || !payload) continue;
+      if (typeof payload.title === "string") {
+        result.title = payload.title;
+        if (typeof options.onTitle === "function") options.onTitle(payload.title, payload);
+      }
+      if (typeof payload.content === "string") {
+        result.content += payload.content;
+        if (typeof options.onContent === "function") {
+          options.onContent(payload.content, result.content, payload);
+        }
+      }
+      if (payload.done === true) {
+        result.done = payload;
+        if (typeof options.onDone === "function") options.onDone(payload, result);
+        return result;
+      }
+    }
+  } catch (error) {
+    if (error instanceof AxrisiError && error.partial === null) fail(error);
+    throw error;
+  }
+  return fail(new AxrisiError({ code: "network_error", error: "The stream ended without its last event." }));
+}
+
+/**
+ * The shape of the original article's client: a text buffer, a hook that updates the UI for each
+ * chunk, and a cleanup that aborts the request and releases what it held.
+ *
+ * @example
+ * const processor = new StreamProcessor({ onUpdate: (text) => { output.textContent = text; } });
+ * await processor.run({ baseUrl, token, command: "summarize", text });
+ * // ... or on navigation: processor.cleanup();
+ */
+export class StreamProcessor {
+  /**
+   * @param {{onUpdate?: (text: string, chunk: string) => void}} [options]  `onUpdate` receives
+   *   the whole text so far and the chunk just added.
+   */
+  constructor({ onUpdate } = {}) {
+    /** The text received so far. @type {string} */
+    this.buffer = "";
+    this.onUpdate = onUpdate;
+    /** @type {AbortController|null} */
+    this._controller = null;
+  }
+
+  /**
+   * Append a chunk of content and call `onUpdate` with the whole text.
+   * @param {string} content
+   */
+  processChunk(content) {
+    this.buffer += content;
+    if (typeof this.onUpdate === "function") this.onUpdate(this.buffer, content);
+  }
+
+  /**
+   * Stream a command into this processor: every content event goes through
+   * {@link StreamProcessor#processChunk}. A previous run still going is cleaned up first.
+   * `options.signal`, when given, also stops the run.
+   * @param {StreamCommandOptions} options  As for {@link streamCommand}.
+   * @returns {Promise<StreamResult>}
+   */
+  run(options) {
+    this.cleanup();
+    this.buffer = "";
+    const controller = new AbortController();
+    this._controller = controller;
+    const outer = options.signal;
+    if (outer) {
+      if (outer.aborted) controller.abort(outer.reason);
+      else outer.addEventListener("abort", () => controller.abort(outer.reason), { once: true });
+    }
+    const userOnContent = options.onContent;
+    return streamCommand({
+      ...options,
+      signal: controller.signal,
+      onContent: (piece, content, payload) => {
+        this.processChunk(piece);
+        if (typeof userOnContent === "function") userOnContent(piece, content, payload);
+      },
+    }).finally(() => {
+      if (this._controller === controller) this._controller = null;
+    });
+  }
+
+  /** Abort the running stream, if any (the server then closes its upstream), and release it. */
+  cleanup() {
+    if (this._controller) {
+      this._controller.abort(abortError("The stream was cleaned up."));
+      this._controller = null;
+    }
+  }
+}
+
+/**
+ * Whether an event ends the stream: an `event: error`, or a data payload with `done: true`.
+ * @param {SSEEvent} event
+ * @returns {boolean}
+ */
+export function isTerminal(event) {
+  if (event.event === "error") return true;
+  const payload = parseData(event);
+  return Boolean(payload && payload.done === true);
+}
+
+/**
+ * The stream id of an event id: the part before its last `-` (`"1749186088941-3"` →
+ * `"1749186088941"`), or `""` when it has no `-`.
+ * @param {string} eventId
+ * @returns {string}
+ */
+export function streamOf(eventId) {
+  const dash = eventId ? eventId.lastIndexOf("-") : -1;
+  return dash > 0 ? eventId.slice(0, dash) : "";
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** @typedef {StreamOptions & {baseUrl: string, fetch: typeof fetch, maxRetries: number}} Options */
+
+/**
+ * @param {StreamOptions} options
+ * @returns {Options}
+ */
+function normalize(options) {
+  if (!options || typeof options !== "object") throw new TypeError("streamEvents needs an options object.");
+  const baseUrl = String(options.baseUrl ?? globalThis.location?.origin ?? "").replace(/\/+$/, "");
+  const fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+  const retries = options.maxRetries;
+  const maxRetries = typeof retries === "number" && Number.isFinite(retries) ? Math.max(0, retries) : 3;
+  return { ...options, baseUrl, fetch: fetchImpl, maxRetries };
+}
+
+/**
+ * @param {Options} opts
+ * @returns {Promise<string>}
+ */
+async function tokenOf(opts) {
+  const token = typeof opts.token === "function" ? await opts.token() : opts.token;
+  return token ? String(token) : "";
+}
+
+/**
+ * @param {Options} opts
+ * @param {AbortSignal} signal
+ * @returns {Promise<Response>}
+ */
+async function start(opts, signal) {
+  /** @type {Record<string, string>} */
+  const body = { command: opts.command, text: opts.text };
+  for (const name of /** @type {const} */ (["title", "language", "instruction"])) {
+    if (opts[name] !== undefined && opts[name] !== null && opts[name] !== "") body[name] = opts[name];
+  }
+  const response = await request(opts, `${opts.baseUrl}/api/run`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  }, signal);
+  return response;
+}
+
+/**
+ * Ask the server to stop the stream (`DELETE /api/streams/<streamId>`): with resume grace on,
+ * closing the connection alone leaves the model running for the grace. Best effort: `keepalive`
+ * lets it outlive a closing page, and its outcome is ignored.
+ * @param {Options} opts
+ * @param {string} lastId
+ * @returns {void}
+ */
+function stopStream(opts, lastId) {
+  const streamId = streamOf(lastId);
+  if (!streamId) return;
+  tokenOf(opts).then((token) => {
+    /** @type {Record<string, string>} */
+    const headers = { ...(opts.headers || {}) };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return opts.fetch(`${opts.baseUrl}/api/streams/${encodeURIComponent(streamId)}`, {
+      method: "DELETE", headers, keepalive: true, cache: "no-store", credentials: "omit",
+    });
+  }).catch(() => {});
+}
+
+/**
+ * @param {Options} opts
+ * @param {string} lastId
+ * @param {AbortSignal} signal
+ * @returns {Promise<Response>}
+ */
+async function resume(opts, lastId, signal) {
+  const url = `${opts.baseUrl}/api/streams/${encodeURIComponent(streamOf(lastId))}`;
+  return request(opts, url, { method: "GET", headers: { "Last-Event-ID": lastId } }, signal);
+}
+
+/**
+ * @param {Options} opts
+ * @param {string} url
+ * @param {{method: string, headers: Record<string, string>, body?: string}} init
+ * @param {AbortSignal} signal
+ * @returns {Promise<Response>}
+ */
+async function request(opts, url, init, signal) {
+  const token = await tokenOf(opts);
+  /** @type {Record<string, string>} */
+  const headers = { Accept: "text/event-stream", ...(opts.headers || {}), ...init.headers };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await opts.fetch(url, {
+      ...init,
+      headers,
+      signal,
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (error) {
+    if (signal.aborted) throw error;
+    // fetch rejects with a TypeError for network failures and CORS refusals alike.
+    throw Object.assign(new AxrisiError({
+      code: "network_error",
+      error: "Could not reach the server (network error, or the server does not allow this origin).",
+    }), { cause: error });
+  }
+  if (!response.ok) throw await httpError(response);
+  const type = response.headers.get("Content-Type") || "";
+  // The MIME type's essence must be text/event-stream; parameters (a charset) are ignored, and
+  // the body is UTF-8 whatever they say, as for EventSource.
+  if (!/^text\/event-stream[\t ]*(;|$)/i.test(type) || !response.body) {
+    response.body?.cancel().catch(() => {});
+    throw new AxrisiError({
+      status: response.status,
+      code: "bad_response",
+      error: `The server answered ${response.status} with ${type || "no content type"} instead of an event stream.`,
+      requestId: requestIdOf(response),
+    });
+  }
+  return response;
+}
+
+/**
+ * @param {Response} response
+ * @returns {Promise<AxrisiError>}
+ */
+async function httpError(response) {
+  let text = "";
+  try {
+    text = await response.text();
+  } catch {
+    // The body could not be read; the status still says what happened.
+  }
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = null; // Not JSON (a proxy's HTML page, say): never a parse failure for the caller.
+  }
+  const code = body && typeof body.code === "string" ? body.code : `http_${response.status}`;
+  const error = body && typeof body.error === "string"
+    ? body.error
+    : `The server answered ${response.status}${response.statusText ? ` ${response.statusText}` : ""}.`;
+  return new AxrisiError({
+    status: response.status,
+    code,
+    error,
+    retryAfter: parseRetryAfter(response.headers.get("Retry-After")),
+    requestId: requestIdOf(response),
+  });
+}
+
+/**
+ * @param {string|null} value
+ * @returns {number|null}
+ */
+function parseRetryAfter(value) {
+  if (!value) return null;
+  if (/^\s*\d+\s*$/.test(value)) return parseInt(value, 10);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}
+
+/**
+ * @param {Response} response
+ * @returns {string|null}
+ */
+function requestIdOf(response) {
+  try {
+    return response.headers.get("X-Request-ID");
+  } catch {
+    return null;
+  }
+}
+
+/** @param {AxrisiError} error */
+function isRetryableStatus(error) {
+  // A resume that meets a draining or overloaded instance may land elsewhere on the next try.
+  return error.code === "network_error" || [502, 503, 504].includes(error.status);
+}
+
+/**
+ * @param {string} eventId
+ * @returns {number|null}
+ */
+function sequenceOf(eventId) {
+  const dash = eventId ? eventId.lastIndexOf("-") : -1;
+  if (dash <= 0) return null;
+  const tail = eventId.slice(dash + 1);
+  return /^[0-9]+$/.test(tail) ? Number(tail) : null;
+}
+
+/**
+ * Each event's parsed data, parsed once (isTerminal and streamCommand both look at it).
+ * @type {WeakMap<SSEEvent, Record<string, unknown>|null>}
+ */
+const payloads = new WeakMap();
+
+/**
+ * The event's data parsed as JSON when it is a JSON object, else `null`.
+ * @param {SSEEvent} event
+ * @returns {Record<string, unknown>|null}
+ */
+function parseData(event) {
+  const known = payloads.get(event);
+  if (known !== undefined) return known;
+  /** @type {unknown} */
+  let payload = null;
+  try {
+    payload = JSON.parse(event.data);
+  } catch {
+    payload = null;
+  }
+  const object = payload !== null && typeof payload === "object" && !Array.isArray(payload)
+    ? /** @type {Record<string, unknown>} */ (payload)
+    : null;
+  payloads.set(event, object);
+  return object;
+}
+
+/**
+ * @param {number} ms
+ * @param {AbortSignal} signal
+ * @returns {Promise<void>}
+ */
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/**
+ * @param {string} message
+ * @returns {Error}
+ */
+function abortError(message) {
+  try {
+    return new DOMException(message, "AbortError");
+  } catch {
+    return Object.assign(new Error(message), { name: "AbortError" });
+  }
+}
+
+/**
+ * @param {AbortSignal|undefined} signal
+ * @returns {unknown}
+ */
+function abortReason(signal) {
+  if (!signal || !signal.aborted) return abortError("The stream was aborted.");
+  return signal.reason ?? abortError("The stream was aborted.");
+}
+
+function inExtensionServiceWorker() {
+  return typeof ServiceWorkerGlobalScope !== "undefined"
+    && globalThis instanceof ServiceWorkerGlobalScope
+    && typeof globalThis.chrome?.runtime?.getPlatformInfo === "function";
+}
+
+/**
+ * @param {boolean|number|undefined} option
+ * @returns {() => void}  Stops it.
+ */
+function startKeepAlive(option) {
+  const wanted = option === undefined ? inExtensionServiceWorker() : Boolean(option);
+  const runtime = globalThis.chrome?.runtime;
+  const getPlatformInfo = runtime?.getPlatformInfo;
+  if (!wanted || typeof getPlatformInfo !== "function") return () => {};
+  const interval = typeof option === "number" && option > 0 ? option : KEEPALIVE_INTERVAL_MS;
+  const timer = setInterval(() => {
+    try {
+      const pending = getPlatformInfo.call(runtime);
+      if (pending && typeof pending.catch === "function") pending.catch(() => {});
+    } catch {
+      // The extension context is gone; nothing to keep alive.
+    }
+  }, interval);
+  return () => clearInterval(timer);
+}

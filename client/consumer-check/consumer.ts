@@ -1,0 +1,294 @@
+// A strict TypeScript consumer of the packed axrisi-client package: it uses every export with
+// explicit types, checks that no type it touches is `any`, and holds deliberate misuses marked
+// `@ts-expect-error`, so that `tsc` fails if a declaration were too loose (an unused
+// `@ts-expect-error` is an error). It is type-checked only (`tsc --noEmit`), never run.
+// tests/test_client_package.py packs client/, installs the tarball and compiles this with
+// tsconfig.json (bundler, DOM) and tsconfig.nodenext.json (Node ESM resolution, WebWorker).
+
+import {
+  AxrisiError,
+  DEFAULT_RETRY_MS,
+  KEEPALIVE_INTERVAL_MS,
+  MAX_RETRY_DELAY_MS,
+  SSEParser,
+  StreamProcessor,
+  isTerminal,
+  streamCommand,
+  streamEvents,
+  streamOf,
+} from "axrisi-client";
+import type {
+  AxrisiErrorCode,
+  AxrisiErrorDetails,
+  ClientErrorCode,
+  CommandName,
+  ContentPayload,
+  DonePayload,
+  ErrorPayload,
+  HttpErrorCode,
+  OpenInfo,
+  PartialResult,
+  ReconnectInfo,
+  SSEEvent,
+  SSEParserHooks,
+  StreamCommandOptions,
+  StreamErrorCode,
+  StreamOptions,
+  StreamPayload,
+  StreamProcessorOptions,
+  StreamResult,
+  TitlePayload,
+  Usage,
+} from "axrisi-client";
+
+declare const token: string;
+declare function render(markdown: string): void;
+
+// ---- Type-level checks ------------------------------------------------------------------------
+
+type IsAny<T> = 0 extends 1 & T ? true : false;
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2)
+  ? true
+  : false;
+type Expect<T extends true> = T;
+
+/** Every type a consumer gets from the package, one entry each: none may be `any`. */
+type Surface = {
+  DEFAULT_RETRY_MS: typeof DEFAULT_RETRY_MS;
+  MAX_RETRY_DELAY_MS: typeof MAX_RETRY_DELAY_MS;
+  KEEPALIVE_INTERVAL_MS: typeof KEEPALIVE_INTERVAL_MS;
+  parserHooks: ConstructorParameters<typeof SSEParser>[0];
+  parserRetry: SSEParser["retry"];
+  parserLastEventId: SSEParser["lastEventId"];
+  parserFeed: ReturnType<SSEParser["feed"]>;
+  parserFeedArg: Parameters<SSEParser["feed"]>[0];
+  parserFeedBytes: ReturnType<SSEParser["feedBytes"]>;
+  parserFeedBytesArg: Parameters<SSEParser["feedBytes"]>[0];
+  parserEnd: ReturnType<SSEParser["end"]>;
+  event: SSEEvent;
+  eventId: SSEEvent["id"];
+  eventType: SSEEvent["event"];
+  eventData: SSEEvent["data"];
+  errorDetails: ConstructorParameters<typeof AxrisiError>[0];
+  errorStatus: AxrisiError["status"];
+  errorCode: AxrisiError["code"];
+  errorSentence: AxrisiError["error"];
+  errorRetryAfter: AxrisiError["retryAfter"];
+  errorCommandId: AxrisiError["commandId"];
+  errorRequestId: AxrisiError["requestId"];
+  errorPartial: AxrisiError["partial"];
+  streamEventsArg: Parameters<typeof streamEvents>[0];
+  streamEventsYield: ReturnType<typeof streamEvents> extends AsyncGenerator<infer Y> ? Y : never;
+  streamCommandArg: Parameters<typeof streamCommand>[0];
+  streamCommandResult: Awaited<ReturnType<typeof streamCommand>>;
+  resultDone: StreamResult["done"];
+  resultCommandId: StreamResult["commandId"];
+  token: StreamOptions["token"];
+  onOpen: StreamOptions["onOpen"];
+  onReconnect: StreamOptions["onReconnect"];
+  reconnectCause: ReconnectInfo["cause"];
+  onTitle: StreamCommandOptions["onTitle"];
+  onContent: StreamCommandOptions["onContent"];
+  onDone: StreamCommandOptions["onDone"];
+  onError: StreamCommandOptions["onError"];
+  onEvent: StreamCommandOptions["onEvent"];
+  extraField: DonePayload["anything"];
+  processorOptions: ConstructorParameters<typeof StreamProcessor>[0];
+  processorBuffer: StreamProcessor["buffer"];
+  processorRun: ReturnType<StreamProcessor["run"]>;
+  processorRunArg: Parameters<StreamProcessor["run"]>[0];
+  isTerminalArg: Parameters<typeof isTerminal>[0];
+  isTerminalResult: ReturnType<typeof isTerminal>;
+  streamOfArg: Parameters<typeof streamOf>[0];
+  streamOfResult: ReturnType<typeof streamOf>;
+};
+type AnyInSurface = { [K in keyof Surface]: IsAny<Surface[K]> extends true ? K : never }[keyof Surface];
+export const noAnyInSurface: Expect<Equal<AnyInSurface, never>> = true;
+
+export type PreciseTypes = [
+  Expect<Equal<Awaited<ReturnType<typeof streamCommand>>, StreamResult>>,
+  Expect<Equal<StreamResult["done"], DonePayload>>,
+  Expect<Equal<ReturnType<typeof streamEvents>, AsyncGenerator<SSEEvent, void, undefined>>>,
+  Expect<Equal<SSEParser["retry"], number | null>>,
+  Expect<Equal<AxrisiError["partial"], PartialResult | null>>,
+  Expect<Equal<ReconnectInfo["cause"], unknown>>,
+  Expect<Equal<DonePayload["anything"], unknown>>,
+  Expect<Equal<DonePayload["done"], true>>,
+  Expect<Equal<Usage["promptTokens"], number>>,
+];
+
+// ---- The parser -----------------------------------------------------------------------------
+
+export function parse(bytes: Uint8Array): { events: SSEEvent[]; lastEventId: string; retry: number | null } {
+  const comments: string[] = [];
+  const hooks: SSEParserHooks = {
+    onRetry: (ms: number) => void ms.toFixed(0),
+    onComment: (text: string) => void comments.push(text.trim()),
+  };
+  const parser = new SSEParser(hooks);
+  const events: SSEEvent[] = [
+    ...parser.feed("id: 1749186088941-0\ndata: {\"title\":\"T\",\"commandId\":1749186088941}\n\n"),
+    ...parser.feedBytes(bytes),
+    ...parser.feedBytes(null),
+    ...parser.end(),
+  ];
+  parser.lastEventId = "1749186088941-0"; // A new connection from a known id.
+  const first: SSEEvent | undefined = events[0];
+  const kinds: string[] = events.map((event) => `${event.id} ${event.event} ${event.data.length}`);
+  void kinds;
+  void first;
+  // @ts-expect-error feed takes decoded text, not bytes (feedBytes does)
+  parser.feed(bytes);
+  // @ts-expect-error retry is the parser's output, read-only
+  parser.retry = 5;
+  new SSEParser();
+  return { events, lastEventId: parser.lastEventId, retry: parser.retry };
+}
+
+// ---- streamEvents -----------------------------------------------------------------------------
+
+function isContent(payload: StreamPayload): payload is ContentPayload {
+  return typeof payload["content"] === "string" && !("error" in payload);
+}
+
+export async function iterate(signal: AbortSignal): Promise<string> {
+  const opened: OpenInfo[] = [];
+  const options: StreamOptions = {
+    baseUrl: "https://axrisi.example",
+    token: async () => token,
+    command: "summarize",
+    text: "A long article.",
+    title: "An article",
+    signal,
+    maxRetries: 5,
+    keepAlive: true,
+    headers: { "X-Request-ID": "consumer-check" },
+    fetch: (input, init) => fetch(input, init),
+    onOpen: (info: OpenInfo) => void opened.push(info),
+    onReconnect: ({ attempt, delay, lastEventId, cause }: ReconnectInfo) => {
+      const why: string = cause instanceof AxrisiError ? cause.code : String(cause);
+      console.warn(attempt, delay.toFixed(0), lastEventId, why);
+    },
+  };
+  let content = "";
+  for await (const event of streamEvents(options)) {
+    const payload = JSON.parse(event.data) as StreamPayload;
+    if (event.event === "error") {
+      const failure = payload as ErrorPayload;
+      const code: StreamErrorCode | (string & {}) = failure.code;
+      throw new AxrisiError({ status: 200, code, error: failure.error, commandId: failure.commandId });
+    }
+    if (isContent(payload)) content += payload.content;
+    if (isTerminal(event)) break;
+    // @ts-expect-error an event has id, event and data, and no parsed payload
+    void event.payload;
+  }
+  // @ts-expect-error text is required
+  void streamEvents({ token, command: "summarize" });
+  // @ts-expect-error the token is a string or a function that returns one
+  void streamEvents({ token: 42, command: "summarize", text: "x" });
+  return content;
+}
+
+// ---- streamCommand ------------------------------------------------------------------------------
+
+export async function command(controller: AbortController): Promise<StreamResult> {
+  const options: StreamCommandOptions = {
+    token: () => token,
+    command: "translate" satisfies CommandName,
+    language: "French",
+    text: "Hello",
+    signal: controller.signal,
+    onTitle: (title: string, payload: TitlePayload) => render(`# ${title} (${payload.commandId})`),
+    onContent: (piece: string, soFar: string, payload: ContentPayload) => {
+      render(soFar);
+      void piece.length;
+      void payload.commandId.toFixed(0);
+    },
+    onDone: (payload: DonePayload, result: StreamResult) => {
+      const reason: string = payload.finishReason;
+      const prompt: number | undefined = payload.usage?.promptTokens;
+      const model: string | undefined = payload.model;
+      const extra: unknown = payload["serverAddedLater"];
+      console.info(reason, prompt, model, extra, result.content.length);
+    },
+    onError: (error: AxrisiError) => {
+      const code: AxrisiErrorCode = error.code;
+      const partial: PartialResult | null = error.partial;
+      const wait: number | null = error.retryAfter;
+      console.warn(code, error.error, error.status, wait, error.commandId, error.requestId, partial?.content);
+      // @ts-expect-error retryAfter is null without a Retry-After header
+      void error.retryAfter.toFixed(0);
+    },
+    onEvent: (event: SSEEvent) => void event.id,
+  };
+  const result: StreamResult = await streamCommand(options);
+  const done: DonePayload = result.done;
+  const commandId: number | null = result.commandId;
+  void done;
+  void commandId;
+  // @ts-expect-error the content is a string
+  const length: number = result.content;
+  void length;
+  // @ts-expect-error onContent's second argument is the content so far, a string
+  void streamCommand({ token, command: "summarize", text: "x", onContent: (piece: string, soFar: number) => void [piece, soFar] });
+  // @ts-expect-error an extra payload field is unknown until checked
+  const model: string = result.done["serverAddedLater"];
+  void model;
+  return result;
+}
+
+// ---- AxrisiError ----------------------------------------------------------------------------------
+
+export function errors(): AxrisiError[] {
+  const details: AxrisiErrorDetails = { status: 429, code: "rate_limited", error: "Rate limit exceeded", retryAfter: 30 };
+  const limited = new AxrisiError(details);
+  const asError: Error = limited;
+  const name: "AxrisiError" = limited.name;
+  void [asError, name];
+  const codes: [HttpErrorCode, StreamErrorCode, ClientErrorCode, AxrisiErrorCode] = [
+    "unauthorized",
+    "cancelled",
+    "http_502",
+    "a_code_from_a_newer_service",
+  ];
+  void codes;
+  // @ts-expect-error the client's http_ codes end in a status number
+  const badCode: ClientErrorCode = "http_bad";
+  void badCode;
+  // @ts-expect-error code and error are required
+  void new AxrisiError({ status: 500 });
+  // @ts-expect-error the fields are read-only
+  limited.code = "internal";
+  return [limited, new AxrisiError({ code: "network_error", error: "Offline." })];
+}
+
+// ---- StreamProcessor, isTerminal, streamOf, the constants -------------------------------------------
+
+export function processor(): Promise<StreamResult> {
+  const options: StreamProcessorOptions = { onUpdate: (text: string, chunk: string) => render(text + chunk) };
+  const processor = new StreamProcessor(options);
+  processor.processChunk("## Overview");
+  const buffered: string = processor.buffer;
+  void buffered;
+  const running: Promise<StreamResult> = processor.run({
+    token,
+    command: "summarize",
+    text: "x",
+    onContent: (piece: string) => void piece,
+  });
+  processor.cleanup();
+  new StreamProcessor().cleanup();
+  // @ts-expect-error processChunk takes a string
+  processor.processChunk(42);
+  return running;
+}
+
+export function helpers(): [string, boolean, number[]] {
+  const streamId: string = streamOf("1749186088941-3");
+  const terminal: boolean = isTerminal({ id: "1749186088941-9", event: "message", data: "{\"done\":true}" });
+  const delays: number[] = [DEFAULT_RETRY_MS, MAX_RETRY_DELAY_MS, KEEPALIVE_INTERVAL_MS];
+  // @ts-expect-error isTerminal wants a whole event
+  void isTerminal({ data: "{}" });
+  return [streamId, terminal, delays];
+}

@@ -20,7 +20,10 @@ except ConfigError as _error:
     sys.stderr.write(f"axrisi: {_error}\n")
     sys.exit(1)
 
-if _settings.development and not _settings.jwt_secret_key and not _settings.jwt_public_key:
+_OWN_KEYS = not _settings.jwt_public_key and not _settings.jwt_jwks_url
+"""The service signs its own tokens (HS256): only then can it mint one to try the API with."""
+
+if _settings.development and not _settings.jwt_secret_key and _OWN_KEYS:
     # One secret for every worker of this run, inherited through fork.
     os.environ["JWT_SECRET_KEY"] = secrets.token_urlsafe(48)
 
@@ -66,7 +69,7 @@ def post_worker_init(worker):
     # what the streams allocate. Measured (docs/benchmarks.md): the worst full-collection pause
     # at 200 streams x 50 tokens/s went from 75 ms to 14 ms.
     gc.freeze()
-    if not _settings.development or worker.age != 1:
+    if not _settings.development or not _OWN_KEYS or worker.age != 1:
         return
     from axrisi.web.auth import mint_token
 

@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         mirror=shared.mirror if shared is not None else None,
         attached_elsewhere=shared.events.is_attached if shared is not None else None,
     )
+    if shared is not None:
+        shared.stops.listen(registry.stop)
     app = Flask(__name__)
     install(app, settings, registry, shared)
     return app

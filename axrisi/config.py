@@ -12,12 +12,14 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import overload
 
 DEFAULT_MAX_STREAMS_FLOOR = 100
 BYTES_PER_STREAM_BUDGET = 64 * 1024
 """What ``AXRISI_MAX_STREAMS`` assumes one open stream may cost, to size the default from memory."""
 
 MIN_SECRET_BYTES = 32
+ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,10 @@ class Settings:
     jwt_secret_key: str | None = None
     jwt_public_key: str | None = None
     jwt_algorithm: str = "HS256"
+    """One algorithm; with ``JWT_JWKS_URL``, a comma-separated list of the allowed ones."""
+    jwt_jwks_url: str | None = None
+    jwks_cache_seconds: float = 300.0
+    jwks_refetch_seconds: float = 30.0
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     openai_api_key: str | None = None
@@ -57,6 +63,12 @@ class Settings:
     stream_lease_seconds: float = 60.0
     resume_max_events: int = 10_000
     resume_max_memory_mb: int = 64
+    upstream_transport: str = "lean"
+    auth_failure_limit: str = "60/minute"
+    openai_fallback_base_url: str | None = None
+    openai_fallback_api_key: str | None = None
+    fallback_model: str | None = None
+    trusted_proxies: int = 0
 
     @property
     def development(self) -> bool:
@@ -72,6 +84,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse and validate the environment; raise :class:`ConfigError` naming a bad setting."""
         e = _Env(os.environ if environ is None else environ)
+        jwks_url = e.url("JWT_JWKS_URL")
         env = e.choice("AXRISI_ENV", ("production", "development"), "production")
         api_key, base_url = e.text("OPENAI_API_KEY"), e.url("OPENAI_BASE_URL")
         default_provider = "openai" if (api_key or base_url) else "local"
@@ -82,10 +95,12 @@ class Settings:
             web_concurrency=workers,
             jwt_secret_key=e.text("JWT_SECRET_KEY"),
             jwt_public_key=e.text("JWT_PUBLIC_KEY"),
-            jwt_algorithm=e.choice(
-                "JWT_ALGORITHM", ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
-                                  "ES256", "ES384", "ES512", "PS256", "EdDSA"), None
-            ) or "",
+            jwt_algorithm=(e.algorithms("JWT_ALGORITHM") if jwks_url else e.choice(
+                "JWT_ALGORITHM", ("HS256", "HS384", "HS512", *ASYMMETRIC), None
+            ) or ""),
+            jwt_jwks_url=jwks_url,
+            jwks_cache_seconds=e.number("AXRISI_JWKS_CACHE_SECONDS", 300.0, low=1.0),
+            jwks_refetch_seconds=e.number("AXRISI_JWKS_REFETCH_SECONDS", 30.0, low=0.1),
             jwt_audience=e.text("JWT_AUDIENCE"),
             jwt_issuer=e.text("JWT_ISSUER"),
             openai_api_key=api_key,
@@ -109,6 +124,12 @@ class Settings:
             stream_lease_seconds=e.number("AXRISI_STREAM_LEASE_SECONDS", 60.0, low=1.0),
             resume_max_events=e.integer("AXRISI_RESUME_MAX_EVENTS", 10_000, low=10),
             resume_max_memory_mb=e.integer("AXRISI_RESUME_MAX_MEMORY_MB", 64, low=1),
+            upstream_transport=e.choice("AXRISI_UPSTREAM_TRANSPORT", ("lean", "urllib3"), "lean"),
+            auth_failure_limit=e.rate_limit("AXRISI_AUTH_FAILURE_LIMIT", "60/minute"),
+            openai_fallback_base_url=e.url("OPENAI_FALLBACK_BASE_URL"),
+            openai_fallback_api_key=e.text("OPENAI_FALLBACK_API_KEY"),
+            fallback_model=e.text("AXRISI_FALLBACK_MODEL"),
+            trusted_proxies=e.integer("AXRISI_TRUSTED_PROXIES", 0, low=0, high=10),
         )
         _check_jwt(settings)
         _check_scaling(settings)
@@ -137,6 +158,10 @@ def _check_scaling(s: Settings) -> None:
 
 def _check_jwt(s: Settings) -> None:
     """Refuse key set-ups that would let strangers in or lock everybody out."""
+    if s.jwt_jwks_url:
+        if s.jwt_public_key:
+            raise ConfigError("Set JWT_JWKS_URL or JWT_PUBLIC_KEY, not both.")
+        return
     if s.jwt_public_key:
         if not s.jwt_algorithm or s.jwt_algorithm.startswith("HS"):
             raise ConfigError(
@@ -172,7 +197,14 @@ class _Env:
         value = self.environ.get(name, "").strip()
         return value or None
 
+    @overload
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str: ...
+    @overload
+    def choice(self, name: str, allowed: tuple[str, ...], default: None) -> str | None: ...
+
     def choice(self, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+        """One of ``allowed`` (matched without case), or ``default`` when unset: never None
+        when the default is a string (the overloads say so)."""
         value = self.text(name)
         if value is None:
             return default
@@ -212,6 +244,19 @@ class _Env:
         if high is not None and number > high:
             raise ConfigError(f"{name} must be at most {high:g}, not {number:g}.")
         return number
+
+    def algorithms(self, name: str) -> str:
+        """A comma-separated list of asymmetric algorithms (RS256 when unset), normalized."""
+        value = self.text(name) or "RS256"
+        chosen = []
+        for part in value.split(","):
+            match = next((a for a in ASYMMETRIC if a.lower() == part.strip().lower()), None)
+            if match is None:
+                raise ConfigError(f"{name} must list asymmetric algorithms "
+                                  f"({', '.join(ASYMMETRIC)}) when JWT_JWKS_URL is set, "
+                                  f"not {value!r}.")
+            chosen.append(match)
+        return ",".join(dict.fromkeys(chosen))
 
     def url(self, name: str) -> str | None:
         value = self.text(name)

@@ -39,6 +39,9 @@ CANCELLATION_SECONDS = Histogram("axrisi_cancellation_seconds",
                                  "From noticing the client left to the upstream closed.",
                                  buckets=_LATENCY_BUCKETS)
 UPSTREAM_ERRORS = Counter("axrisi_upstream_errors_total", "Upstream failures by kind.", ["kind"])
+UPSTREAM_FALLBACKS = Counter("axrisi_upstream_fallbacks_total",
+                             "Streams sent to the fallback upstream, by why the primary failed.",
+                             ["reason"])
 REJECTIONS = Counter("axrisi_rejections_total", "Requests refused with 429 or 503, by code.",
                      ["code"])
 OPEN_STREAM_SLOTS = Gauge("axrisi_open_stream_slots",
@@ -49,6 +52,8 @@ GREENLETS = Gauge("axrisi_greenlets",
                   multiprocess_mode="liveall")
 REDIS_UP = Gauge("axrisi_redis_up", "1 while Redis answers, 0 while limits are per process.",
                  multiprocess_mode="min")
+AUTH_REFUSALS = Counter("axrisi_auth_refusals_total",
+                        "Requests refused (429) for too many failed logins from their address.")
 REDIS_FALLBACKS = Counter("axrisi_redis_fallbacks_total",
                           "Redis calls that took their fallback (Redis slow or down).",
                           ["operation"])

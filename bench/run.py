@@ -194,9 +194,11 @@ class Server:
 
     def __init__(self, target: str, upstream: Upstream, secret: str, log_dir: Path,
                  cpu: int | None, extra_env: dict[str, str], label: str,
-                 service_dir: Path = ROOT) -> None:
+                 service_dir: Path = ROOT, baseline_env: dict[str, str] | None = None) -> None:
         self.target = target
-        self.cwd = service_dir if target == "service" else ROOT
+        # With --baseline-env the baseline is the service itself with those settings added.
+        self.kind = "service" if target == "service" or baseline_env else "naive"
+        self.cwd = service_dir if self.kind == "service" else ROOT
         self.port = free_port()
         self.runtime_dir = tempfile.mkdtemp(prefix=f"bench-{target}-")
         self.log_path = log_dir / f"{label}-{target}.log"
@@ -212,7 +214,7 @@ class Server:
             "JWT_SECRET_KEY": secret,
             "AXRISI_MODEL": "bench-model",
         }
-        if target == "service":
+        if self.kind == "service":
             env.update({
                 "PORT": str(self.port),
                 "WEB_CONCURRENCY": "1",
@@ -232,6 +234,8 @@ class Server:
             self.cmd = [PY, "-m", "gunicorn", "-c", str(BENCH / "naive_gunicorn.conf.py"),
                         "-b", f"127.0.0.1:{self.port}", "bench.naive_app:app"]
         env.update(extra_env)
+        if target == "baseline" and baseline_env:
+            env.update(baseline_env)
         self.env = env
         self.proc: subprocess.Popen | None = None
 
@@ -349,15 +353,16 @@ class Bench:
             self.server_cpu, self.harness_cpu = cpus[-1], cpus[0]
             os.sched_setaffinity(0, {self.harness_cpu})
         self.extra_env = dict(kv.split("=", 1) for kv in args.env)
+        self.baseline_env = dict(kv.split("=", 1) for kv in args.baseline_env)
         self.service_dir = Path(args.service_dir).resolve() if args.service_dir else ROOT
         self.upstream = Upstream(self.log_dir, self.harness_cpu)
         self.token = mint_token(self.secret)
         self.quiet_before = 0.0
 
     def plan(self, server: Server, scenario: str, **extra) -> dict:
-        return {"port": server.port, "kind": "service" if server.target == "service" else
-                "naive", "token": self.token, "sample_pid": server.pid,
-                "upstream_pid": self.upstream.pid, "server_cpu": self.server_cpu,
+        return {"port": server.port, "kind": server.kind, "token": self.token,
+                "sample_pid": server.pid, "upstream_pid": self.upstream.pid,
+                "server_cpu": self.server_cpu,
                 "scenario": scenario, "text_chars": self.args.text_chars, **extra}
 
     def wait_quiet(self, limit: float = 0.3, max_wait: float | None = None) -> float:
@@ -385,7 +390,7 @@ class Bench:
         self.upstream.reset()
         self.quiet_before = self.wait_quiet()
         server = Server(target, self.upstream, self.secret, self.log_dir, self.server_cpu,
-                        self.extra_env, label, self.service_dir).start()
+                        self.extra_env, label, self.service_dir, self.baseline_env).start()
         # Warm-up: import paths, the SDK client, first-use caches; then let it settle.
         warm = run_loadgen(self.plan(server, "steady", streams=20, rate=100, stagger=0.2,
                                      warmup=0.1, window=0.1, deadline=30),
@@ -561,6 +566,9 @@ class Bench:
         self.upstream.start()
         log(f"upstream on :{self.upstream.port} (pid {self.upstream.pid})")
         machine["service_dir"] = str(self.service_dir)
+        machine["baseline"] = (
+            "the service with " + " ".join(f"{k}={v}" for k, v in self.baseline_env.items())
+            if self.baseline_env else "the naive relay (bench/naive_app.py)")
         results: dict = {"machine": machine, "quick": self.args.quick, "sizes": self.sizes,
                          "text_chars": self.args.text_chars,
                          "pinning": {"server_cpu": self.server_cpu,
@@ -1022,6 +1030,10 @@ def main(argv: list[str] | None = None) -> int:
                         "`git archive` of a commit); the baseline always runs from here")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra environment variable for both servers")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="A/B of a setting in one run: the baseline becomes the service "
+                        "itself with this variable added (repeatable), instead of the naive "
+                        "relay; the targets' 'baseline' conditions then do not apply")
     args = parser.parse_args(argv)
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 60.0
@@ -1040,6 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{bench.harness_cpu}; {'quick' if args.quick else 'full'} run, "
           f"{results['elapsed_s']:.0f} s; page text per request: "
           f"{f'{args.text_chars:,} characters' if args.text_chars else 'one short line'}")
+    print(f"Baseline: {m['baseline']}")
     floor = results.get("floor")
     if floor and not floor.get("error"):
         print(f"Harness floor (load generator straight to the upstream, {floor['streams']} streams "

@@ -98,6 +98,14 @@ def test_values_are_parsed() -> None:
     assert s.redis_url == "redis://localhost:6379/0"
 
 
+@pytest.mark.parametrize(("value", "transport"),
+                         [("", "lean"), ("lean", "lean"), ("urllib3", "urllib3"),
+                          ("URLLIB3", "urllib3")])
+def test_upstream_transport(value: str, transport: str) -> None:
+    """AXRISI_UPSTREAM_TRANSPORT picks the SDK's transport; unset is LeanTransport."""
+    assert settings(AXRISI_UPSTREAM_TRANSPORT=value).upstream_transport == transport
+
+
 INVALID = [
     ("PORT", "abc"),
     ("PORT", "0"),
@@ -119,6 +127,7 @@ INVALID = [
     ("AXRISI_TOKEN_QUOTA", "many"),
     ("AXRISI_TOKEN_QUOTA", "200000"),
     ("AXRISI_PROVIDER", "foo"),
+    ("AXRISI_UPSTREAM_TRANSPORT", "httpx"),
     ("AXRISI_ENV", "staging"),
     ("OPENAI_BASE_URL", "ftp://x"),
     ("OPENAI_BASE_URL", "localhost:11434"),
@@ -260,3 +269,26 @@ def test_rate_limit_with_empty_item_refused(value: str) -> None:
     with pytest.raises(ValueError):
         parse_many(value)
     assert "AXRISI_RATE_LIMIT" in config_error({**BASE, "AXRISI_RATE_LIMIT": value})
+
+
+def test_jwks_url_takes_a_list_of_asymmetric_algorithms() -> None:
+    s = Settings.from_env({"JWT_JWKS_URL": "https://idp.example/.well-known/jwks.json",
+                           "JWT_ALGORITHM": "rs256, ES256,RS256"})
+    assert s.jwt_algorithm == "RS256,ES256"
+    assert Settings.from_env({"JWT_JWKS_URL": "https://idp.example/jwks"}).jwt_algorithm \
+        == "RS256"
+    for bad in ({"JWT_ALGORITHM": "HS256"}, {"JWT_ALGORITHM": "RS256,none"},
+                {"JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----"}):
+        with pytest.raises(ConfigError):
+            Settings.from_env({"JWT_JWKS_URL": "https://idp.example/jwks", **bad})
+    with pytest.raises(ConfigError, match="JWT_JWKS_URL"):
+        Settings.from_env({"JWT_JWKS_URL": "ftp://idp.example/jwks"})
+
+
+def test_auth_failure_limit_and_trusted_proxies() -> None:
+    s = Settings.from_env({**BASE, "AXRISI_AUTH_FAILURE_LIMIT": "10/minute",
+                           "AXRISI_TRUSTED_PROXIES": "2"})
+    assert (s.auth_failure_limit, s.trusted_proxies) == ("10/minute", 2)
+    for bad in ({"AXRISI_AUTH_FAILURE_LIMIT": "lots"}, {"AXRISI_TRUSTED_PROXIES": "-1"}):
+        with pytest.raises(ConfigError):
+            Settings.from_env({**BASE, **bad})

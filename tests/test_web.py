@@ -93,7 +93,7 @@ def test_preflight_for_an_allowed_origin() -> None:
     allowed = names(response, "Access-Control-Allow-Headers")
     assert allowed == {"authorization", "content-type", "last-event-id"}
     methods = {m.strip() for m in response.headers["Access-Control-Allow-Methods"].split(",")}
-    assert methods == {"GET", "POST", "OPTIONS"}
+    assert methods == {"GET", "POST", "DELETE", "OPTIONS"}  # DELETE: stopping a stream
     assert response.headers["Access-Control-Max-Age"] == "600"
     assert "Origin" in response.headers.get("Vary", "")
     commands = c.options("/api/commands", headers={

@@ -66,8 +66,17 @@ class ProviderError(Exception):
         """For metrics: status_4xx, status_5xx, rate_limited, timeout, connection, ..."""
 
 
-StreamItem = str | Finish
-"""A content piece (one or more tokens that arrived together, never empty) or the final Finish."""
+@dataclass(frozen=True, slots=True)
+class Switched:
+    """The primary upstream failed before its first content and the fallback takes over: no
+    event for the client, but the generation restarts its silence watch and records why."""
+
+    reason: str
+
+
+StreamItem = str | Finish | Switched
+"""A content piece (one or more tokens that arrived together, never empty), the final Finish,
+or (from :class:`~axrisi.providers.fallback.FallbackProvider` only) a :class:`Switched`."""
 
 
 class Provider(Protocol):

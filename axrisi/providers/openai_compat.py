@@ -45,8 +45,9 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self, api_key: str | None, base_url: str | None, model: str,
-                 max_connections: int) -> None:
+                 max_connections: int, transport: str = "lean") -> None:
         self.api_key = api_key or "not-needed"
+        self.transport = transport  # AXRISI_UPSTREAM_TRANSPORT: "lean" or "urllib3"
         self.base_url = base_url
         self.model = model
         self.max_connections = max_connections
@@ -72,8 +73,12 @@ class OpenAIProvider:
                                      max_keepalive_connections=min(self.max_connections, 32)),
                 timeout=timeout, verify=tls)
         else:
-            http_client = openai.DefaultHttpxClient(timeout=timeout,
-                                                    transport=LeanTransport(tls))
+            if self.transport == "urllib3":  # the measured alternative: docs/benchmarks.md
+                from .urllib3_transport import Urllib3Transport
+                chosen: httpx2.BaseTransport = Urllib3Transport(tls)
+            else:
+                chosen = LeanTransport(tls)
+            http_client = openai.DefaultHttpxClient(timeout=timeout, transport=chosen)
         return openai.OpenAI(api_key=self.api_key, base_url=self.base_url, max_retries=0,
                              http_client=http_client)
 
@@ -151,7 +156,9 @@ def _body_chunks(http_response: httpx2.Response) -> Iterator[bytes]:
 
 def _drain(chunks: Iterator[bytes]) -> None:
     """Read the rest of the body (normally nothing) so the connection can be pooled."""
-    with gevent.Timeout(DRAIN_SECONDS, False):
+    # gevent documents exception=False (the with block swallows its own expiry); typeshed's
+    # gevent stubs do not allow it.
+    with gevent.Timeout(DRAIN_SECONDS, False):  # type: ignore[arg-type]  # stubs lack False
         for _ in chunks:
             pass
 

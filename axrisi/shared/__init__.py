@@ -15,6 +15,7 @@ from ..config import Settings
 from .events import RedisEvents
 from .ids import SharedIds
 from .mirror import EventMirror
+from .stops import StopRequests
 from .store import SharedStore
 
 
@@ -26,6 +27,7 @@ class SharedState:
     ids: SharedIds
     mirror: EventMirror
     events: RedisEvents
+    stops: StopRequests
 
 
 def follow_block_seconds(settings: Settings) -> float:
@@ -50,4 +52,5 @@ def connect(settings: Settings, url: str) -> SharedState:
                          lease_seconds=settings.stream_lease_seconds,
                          block_seconds=follow_block_seconds(settings))
     mirror.start()
-    return SharedState(store, SharedIds(store), mirror, events)
+    return SharedState(store, SharedIds(store), mirror, events,
+                       StopRequests(store, mirror.worker_id))

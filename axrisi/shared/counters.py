@@ -25,18 +25,21 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import gevent
 import limits
 import limits.storage
 import limits.strategies
+import redis
 
 from .. import metrics
 from ..users import user_key
 from .store import SharedStore, redis_options
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -76,7 +79,7 @@ class StreamSlots:
         self.local: dict[str, set[str]] = {}
         self.held: set[Lease] = set()
         self.unreleased: list[Lease] = []
-        self._renewer: gevent.Greenlet | None = None
+        self._renewer: gevent.Greenlet[[], None] | None = None
         if store is not None:
             self._acquire = store.client.register_script(_ACQUIRE)
             self._renew = store.client.register_script(_RENEW)
@@ -85,8 +88,9 @@ class StreamSlots:
         """Take a slot, or None when the user already has ``limit`` streams open."""
         key = user_key(user)
         lease = Lease(key, uuid.uuid4().hex, shared=False)
-        if self.limit <= 0:
-            return lease
+        if self.limit <= 0:  # no limit: counted in this worker only, for GET /api/usage
+            self.local.setdefault(key, set()).add(lease.id)
+            return self._hold(lease)
         if self.store is not None:
             ok = self.store.run(lambda _r: self._acquire_shared(lease), lambda: None,
                                 "slot_acquire", check=True)
@@ -113,6 +117,17 @@ class StreamSlots:
                 open_here.discard(lease.id)
                 if not open_here:
                     del self.local[lease.user_key]
+
+    def open_count(self, user: str) -> int:
+        """The user's open-stream slots in use, as the limit counts them (deployment-wide
+        through Redis; this worker's while Redis does not answer, or with no limit)."""
+        key = user_key(user)
+        local = len(self.local.get(key, ()))
+        if self.store is None or self.limit <= 0:
+            return local
+        now_ms = int(time.time() * 1000)
+        return self.store.run(lambda r: int(r.zcount(_slots_key(key), f"({now_ms}", "+inf")),
+                              lambda: local, "usage", check=True)
 
     def _release_later(self, lease: Lease) -> None:
         """Redis did not take the release: the renewer retries it (else the slot stays taken
@@ -143,13 +158,17 @@ class StreamSlots:
         while self.unreleased or any(lease.shared for lease in self.held):
             gevent.sleep(min(self.lease_ms / 3000, 1.0) if self.unreleased
                          else self.lease_ms / 3000)
-            shared = [lease for lease in self.held if lease.shared]
-            gone, self.unreleased = self.unreleased, []
-            if (shared or gone) and self.store is not None:
-                self.store.run(lambda r, s=shared, g=gone: self._renew_all(r, s, g),
-                               lambda g=gone: self.unreleased.extend(g), "slot_renew")
+            self._renew_once()
 
-    def _renew_all(self, client: Any, leases: list[Lease], gone: list[Lease]) -> None:
+    def _renew_once(self) -> None:
+        """One round of the renewer, out of its loop so that the callbacks bind its lists."""
+        shared = [lease for lease in self.held if lease.shared]
+        gone, self.unreleased = self.unreleased, []
+        if (shared or gone) and self.store is not None:
+            self.store.run(lambda r: self._renew_all(r, shared, gone),
+                           lambda: self.unreleased.extend(gone), "slot_renew")
+
+    def _renew_all(self, client: redis.Redis, leases: list[Lease], gone: list[Lease]) -> None:
         pipe = client.pipeline(transaction=False)
         for lease in leases:
             self._renew(keys=[_slots_key(lease.user_key)], args=[self.lease_ms, lease.id],
@@ -170,7 +189,7 @@ class TokenQuota:
         self.item = limits.parse(quota)
         self.store = store
         self.local = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
-        self.shared = None
+        self.shared: limits.strategies.FixedWindowRateLimiter | None = None
         if store is not None:
             storage = limits.storage.storage_from_string(store.url, **redis_options())
             self.shared = limits.strategies.FixedWindowRateLimiter(storage)
@@ -186,7 +205,13 @@ class TokenQuota:
             key = user_key(user)
             self._on(lambda limiter: limiter.hit(self.item, key, cost=tokens))
 
-    def _on(self, operation: Callable[[Any], Any], check: bool = False) -> Any:
+    def used(self, user: str) -> tuple[int, int]:
+        """Tokens charged in the current window, and seconds until it resets (0: no window)."""
+        key = user_key(user)
+        return self._on(lambda limiter: _window_use(limiter, self.item, key), check=True)
+
+    def _on(self, operation: Callable[[limits.strategies.FixedWindowRateLimiter], T],
+            check: bool = False) -> T:
         if self.shared is None or self.store is None:
             return operation(self.local)
         shared = self.shared
@@ -194,8 +219,19 @@ class TokenQuota:
                               "token_quota", check=check)
 
 
-def _seconds_left(limiter: Any, item: Any, key: str) -> int | None:
+def _seconds_left(limiter: limits.strategies.FixedWindowRateLimiter, item: limits.RateLimitItem,
+                  key: str) -> int | None:
     if limiter.test(item, key):
         return None
     reset_at, _remaining = limiter.get_window_stats(item, key)
     return max(1, math.ceil(reset_at - time.time()))
+
+
+def _window_use(limiter: limits.strategies.FixedWindowRateLimiter, item: limits.RateLimitItem,
+                key: str) -> tuple[int, int]:
+    """The raw count (past the quota too: a stream that crosses the line is charged in full)."""
+    storage_key = item.key_for(key)
+    used = int(limiter.storage.get(storage_key))
+    if used == 0:
+        return 0, 0
+    return used, max(0, math.ceil(limiter.storage.get_expiry(storage_key) - time.time()))

@@ -30,8 +30,10 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import gevent
+from redis.typing import XReadResponse
 
 from .. import jsonutil
 from ..stream import sse
@@ -65,6 +67,14 @@ class PastTheEnd(Exception):
 
 class CannotTell(Exception):
     """Redis could not answer, or cannot know yet: the client should retry shortly."""
+
+
+def _entries(reply: XReadResponse) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of a one-stream ``XREAD`` reply. redis-py's type covers every reply shape and
+    decoded strings; our clients (``store.redis_options``: the default shape, no
+    ``decode_responses``) get ``[[key, [(id, {field: value}), ...]]]``, all bytes."""
+    streams = cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", reply)
+    return streams[0][1]
 
 
 def seq_of(entry_id: bytes | str) -> int:
@@ -186,9 +196,7 @@ class RedisEvents:
             if time.monotonic() > deadline:
                 raise CannotTell()
             gevent.sleep(0.1)
-            worker = stream.worker
-            synced = self.store.run(lambda r, w=worker: r.hget(SYNCED_KEY, w), lambda: None,
-                                    "resume_past_end")
+            synced = self._synced(stream.worker)
             again = self.probe(stream_id, owner)
             if again is None:
                 raise CannotTell()
@@ -199,6 +207,11 @@ class RedisEvents:
             raise PastTheEnd()
         return stream
 
+    def _synced(self, worker: str) -> bytes | str | None:
+        """The worker's ``synced`` time (ms) as Redis holds it; None: unknown or unreachable."""
+        return self.store.run(lambda r: r.hget(SYNCED_KEY, worker), lambda: None,
+                              "resume_past_end")
+
     # Following a stream -------------------------------------------------------------------------
 
     def follow(self, stream_id: int, position: int) -> Iterator[list[bytes] | None]:
@@ -208,7 +221,7 @@ class RedisEvents:
         followed to its end (see the module's docstring).
         """
         key = events_key(stream_id)
-        last = f"{stream_id}-{position - 1}" if position > 0 else "0-0"
+        last: bytes | str = f"{stream_id}-{position - 1}" if position > 0 else "0-0"
         watch = _OrphanWatch(self, stream_id)
         unreachable_since: float | None = None
         while True:
@@ -228,7 +241,7 @@ class RedisEvents:
                 yield None
                 continue
             frames, ended = [], False
-            for entry_id, fields in reply[0][1]:
+            for entry_id, fields in _entries(reply):
                 if seq_of(entry_id) != position:
                     raise StreamLost("a gap in the events")
                 position += 1

@@ -147,7 +147,7 @@ class EventMirror:
         self._wake = Event()
         self._append = store.background.register_script(_APPEND)
         self._heartbeat = store.background.register_script(_HEARTBEAT)
-        self._writer: gevent.Greenlet | None = None
+        self._writer: gevent.Greenlet[[], None] | None = None
 
     # The registry's hooks --------------------------------------------------------------------
 

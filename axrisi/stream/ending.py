@@ -48,6 +48,8 @@ class StreamEnd:
     or a count (the prompt's characters / 4 plus the content pieces) where none was."""
     error_kind: str | None
     cancel_requested_at: float | None
+    fallback_reason: str | None = None
+    """Why the primary upstream was skipped for the fallback (None: the primary answered)."""
 
     @classmethod
     def of(cls, generation: Generation, ended_at: float,
@@ -61,4 +63,4 @@ class StreamEnd:
             tokens_used = math.ceil(generation.prompt_chars / 4) + generation.content_pieces
         return cls(generation.outcome or "internal", generation.started_at,
                    generation.first_content_at, ended_at, tokens_out, tokens_used,
-                   generation.error_kind, cancel_requested_at)
+                   generation.error_kind, cancel_requested_at, generation.fallback_reason)

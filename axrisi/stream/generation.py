@@ -23,7 +23,7 @@ from typing import Any
 import gevent
 from gevent import Greenlet, GreenletExit
 
-from ..providers.base import Finish, Prompt, Provider, ProviderError, StreamItem
+from ..providers.base import Finish, Prompt, Provider, ProviderError, StreamItem, Switched
 from .eventlog import EventLog
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,15 @@ class Generation:
         self.error_kind: str | None = None
         self.finish: Finish | None = None
         self.content_pieces = 0
+        self.fallback_reason: str | None = None
+        """Why the primary upstream was skipped for the fallback, when it was."""
         self.first_content_at: float | None = None
         self.started_at = time.monotonic()
         self.last_activity = self.started_at
         self._timer: Any = None
         self._entered = False
         self._pending: Interrupted | None = None
-        self.greenlet: Greenlet = Greenlet(self._run)
+        self.greenlet: Greenlet[[], None] = Greenlet(self._run)
 
     @property
     def running(self) -> bool:
@@ -130,6 +132,8 @@ class Generation:
                     self.first_content_at = self.last_activity
                 self.content_pieces += 1
                 append({"content": item, "commandId": command_id})
+            elif isinstance(item, Switched):  # the fallback upstream takes over (no event)
+                self.fallback_reason = item.reason
             else:
                 self.finish = item
                 self._end("done", _done_payload(item))

@@ -31,6 +31,7 @@ from .ports import EventMirror, IdAllocator
 log = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "The stream was cancelled because its client left."
+STOPPED_MESSAGE = "The stream was stopped."
 
 
 @dataclass(eq=False)
@@ -86,7 +87,7 @@ class StreamRegistry:
         self.running: dict[int, Stream] = {}
         self.finished: OrderedDict[int, Stream] = OrderedDict()
         self.finished_bytes = 0
-        self._grace: dict[int, gevent.Greenlet] = {}
+        self._grace: dict[int, gevent.Greenlet[[Stream], None]] = {}
 
     def start(self, user: str, request: RunRequest, lease: object | None = None) -> Stream:
         """Create the stream, write its title event and start the generation."""
@@ -149,10 +150,19 @@ class StreamRegistry:
         if timer is not None:
             timer.kill(block=False)
 
+    def stop(self, stream_id: int) -> bool:
+        """Its owner stopped the stream (``DELETE``): it ends as ``cancelled`` now, whoever is
+        attached and whatever the grace. False when this worker does not run it."""
+        stream = self.running.get(stream_id)
+        if stream is None:
+            return False
+        self._cancel(stream, STOPPED_MESSAGE)
+        return True
+
     @staticmethod
-    def _cancel(stream: Stream) -> None:
+    def _cancel(stream: Stream, message: str = CANCELLED_MESSAGE) -> None:
         stream.cancel_requested_at = time.monotonic()
-        stream.generation.interrupt("cancelled", CANCELLED_MESSAGE)
+        stream.generation.interrupt("cancelled", message)
 
     def _ended(self, stream: Stream) -> None:
         """The generation wrote the terminal event: ENDED, the end hooks, then SETTLED."""

@@ -1,56 +1,48 @@
 """The Flask shell: HTTP in and out around the streaming engine and the shared state.
 
-:func:`install` puts everything on an app; views reach the pieces through :func:`services`, one
-typed record, instead of string keys in ``app.extensions``.
+:func:`install` puts everything on an app; views reach the pieces through :func:`services`
+(``services.py``), one typed record, instead of string keys in ``app.extensions``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import cast
 
-from flask import Flask, current_app
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Settings
 from ..shared import SharedState
+from ..shared.counters import Lease
 from ..stream.ending import StreamEnd
 from ..stream.registry import Stream, StreamRegistry
 from .lifecycle import Lifecycle
-from .quotas import Quotas
+from .loginguard import LoginGuard
+from .services import KEY, Services, services
 
-_KEY = "axrisi"
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the views use, built once per app."""
-
-    settings: Settings
-    registry: StreamRegistry
-    quotas: Quotas
-    lifecycle: Lifecycle
-    shared: SharedState | None
-
-
-def services(app: Flask | None = None) -> Services:
-    """The app's services (the current app's by default)."""
-    return cast(Services, (app or current_app).extensions[_KEY])
+__all__ = ["Services", "install", "services"]
 
 
 def install(app: Flask, settings: Settings, registry: StreamRegistry,
             shared: SharedState | None) -> None:
     """Logging, errors, auth, quotas, the blueprints, CORS and the CLI, on ``app``."""
-    from . import api, auth, cli, cors, demo, errors, ops, quotas, requestlog
+    from . import api, auth, cli, cors, demo, errors, openapi, ops, quotas, requestlog
 
     store = shared.store if shared is not None else None
     limits_ = quotas.Quotas(settings, store)
 
     def stream_ended(stream: Stream, end: StreamEnd) -> None:
-        limits_.stream_ended(stream.user, stream.lease, end.tokens_used)
+        # The engine keeps the lease opaque (it imports nothing of ``shared``); the only one
+        # that puts it there is api.run, with the Lease from Quotas.admit.
+        lease = cast("Lease | None", stream.lease)
+        limits_.stream_ended(stream.user, lease, end.tokens_used)
 
     registry.on_end = stream_ended
-    app.extensions[_KEY] = Services(settings, registry, limits_,
-                                    Lifecycle(registry, settings.max_streams), shared)
+    guard = LoginGuard(settings.auth_failure_limit, store, settings.web_concurrency)
+    app.extensions[KEY] = Services(settings, registry, limits_,
+                                    Lifecycle(registry, settings.max_streams), shared, guard)
+    if settings.trusted_proxies:  # believe that many hops of X-Forwarded-For, no more
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]  # werkzeug's documented way
     requestlog.init_app(app)
     errors.init_app(app)
     auth.init_app(app, settings)
@@ -59,6 +51,7 @@ def install(app: Flask, settings: Settings, registry: StreamRegistry,
     quotas.init_rate_limit(app, settings, store)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(openapi.bp)
     cors.init_app(app, settings)  # the browser side: CORS for /api/*, the demo page at /
     app.register_blueprint(demo.bp)
     cli.init_app(app)

@@ -14,14 +14,23 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..commands import public_catalog
 from ..shared.events import CannotTell, PastTheEnd, RedisEvents
+from ..shared.store import OUTAGE_ERRORS
 from ..stream.registry import Stream
 from ..stream.relay import relay, relay_remote
 from ..users import user_key
-from . import requestlog, services
+from . import requestlog
 from .auth import authenticated, current_user
 from .errors import ApiError
 from .quotas import rate_limiter
-from .resume import bad_last_event_id, not_found, parse_stream_id, resume_position, unavailable
+from .resume import (
+    bad_last_event_id,
+    last_event_id,
+    not_found,
+    parse_stream_id,
+    resume_position,
+    unavailable,
+)
+from .services import services
 from .validation import parse_run_request
 
 bp = Blueprint("api", __name__)
@@ -41,6 +50,13 @@ def _rate_limit() -> str:
 def commands() -> Response:
     """The command catalog."""
     return jsonify(public_catalog())
+
+
+@bp.get("/api/usage")
+@authenticated
+def usage() -> Response:
+    """The caller's limits and what is left of them (counts against no quota)."""
+    return jsonify(services().quotas.usage(current_user()))
 
 
 @bp.post("/api/run")
@@ -75,8 +91,8 @@ def resume(stream_id: str) -> Response:
     reconnecting on it); ``503`` when Redis cannot tell whether the stream exists (never 404).
     """
     number = parse_stream_id(stream_id)
-    last_event_id = request.headers.get("Last-Event-ID", request.args.get("lastEventId"))
-    position = resume_position(number, last_event_id)
+    position = resume_position(number, last_event_id(request.headers.get("Last-Event-ID"),
+                                                     request.args.getlist("lastEventId")))
     owner = user_key(current_user())
     stream = services().registry.lookup(number)
     if stream is not None:
@@ -87,6 +103,33 @@ def resume(stream_id: str) -> Response:
     if shared is None:
         raise not_found()
     return _resume_remote(shared.events, number, owner, position)
+
+
+@bp.delete("/api/streams/<stream_id>")
+@authenticated
+def stop(stream_id: str) -> Response:
+    """Stop a stream now, on whichever worker or instance runs it: ``204``, and the stream ends
+    for every reader with ``cancelled`` (a stream that had ended keeps its terminal event)."""
+    number = parse_stream_id(stream_id)
+    owner = user_key(current_user())
+    found = services()
+    stream = found.registry.lookup(number)
+    if stream is not None:
+        if stream.owner_key != owner:
+            raise not_found()
+        found.registry.stop(number)
+        return Response(status=204)
+    if found.shared is None:
+        raise not_found()
+    try:
+        remote = found.shared.events.probe(number, owner)
+        if remote is None:
+            raise not_found()
+        if not remote.ended:
+            found.shared.stops.request(remote.worker, number)
+    except (CannotTell, *OUTAGE_ERRORS):
+        raise unavailable() from None
+    return Response(status=204)
 
 
 def _resume_local(stream: Stream, position: int) -> Response:
@@ -154,6 +197,7 @@ def _log_at_close(stream: Stream | None) -> Callable[[], None]:
             outcome=end.outcome if end else "client_gone",
             first_token_at=end.first_content_at if end else generation.first_content_at,
             tokens=end.tokens_out if end else generation.content_pieces,
+            fallback=generation.fallback_reason,
         )
 
     return write

@@ -1,7 +1,9 @@
 """Bearer-JWT authentication through flask-jwt-extended, with one answer for every failure.
 
 HS256 with ``JWT_SECRET_KEY`` by default; ``JWT_PUBLIC_KEY`` with ``JWT_ALGORITHM`` accepts an
-outside identity provider's tokens. The user is ``sub`` (a string) and ``exp`` is required.
+outside identity provider's tokens, and ``JWT_JWKS_URL`` takes that provider's rotating keys from
+its JWKS document (``jwks.py``; ``JWT_ALGORITHM`` then lists the allowed algorithms). The user
+is ``sub`` (a string) and ``exp`` is required.
 
 Every failure (no header, not bearer, malformed, bad signature, ``alg: none``, expired, wrong
 audience or issuer, a refresh token) is the same ``401`` so that a caller learns nothing about
@@ -17,7 +19,7 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 
 import jwt
-from flask import Flask
+from flask import Flask, request
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -30,6 +32,8 @@ from ..config import Settings
 from ..users import user_key
 from . import requestlog
 from .errors import Unauthorized
+from .jwks import JwksKeys
+from .services import services
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,7 +50,11 @@ def init_app(app: Flask, settings: Settings) -> None:
         JWT_VERIFY_SUB=True,
         JWT_ERROR_MESSAGE_KEY="error",
     )
-    if settings.jwt_public_key:
+    if settings.jwt_jwks_url:
+        algorithms = settings.jwt_algorithm.split(",")
+        app.config.update(JWT_ALGORITHM=algorithms[0], JWT_DECODE_ALGORITHMS=algorithms,
+                          JWT_SECRET_KEY=None)
+    elif settings.jwt_public_key:
         app.config["JWT_PUBLIC_KEY"] = settings.jwt_public_key.replace("\\n", "\n")
         app.config["JWT_SECRET_KEY"] = None
     else:
@@ -59,6 +67,10 @@ def init_app(app: Flask, settings: Settings) -> None:
         app.config["JWT_ENCODE_ISSUER"] = settings.jwt_issuer
     manager = JWTManager(app)
     manager.token_verification_loader(_claims_are_complete)
+    if settings.jwt_jwks_url:
+        keys = JwksKeys(settings.jwt_jwks_url, settings.jwks_cache_seconds,
+                        settings.jwks_refetch_seconds)
+        manager.decode_key_loader(lambda header, _payload: keys.key_for(header.get("kid")).key)
 
 
 def _claims_are_complete(_header: dict[str, Any], data: dict[str, Any]) -> bool:
@@ -89,7 +101,14 @@ def authenticated(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         info = requestlog.current()
-        info.user = authenticate()
+        guard = services().login_guard
+        address = request.remote_addr or ""
+        guard.check(address)
+        try:
+            info.user = authenticate()
+        except Unauthorized:
+            guard.failed(address)
+            raise
         info.user_hash = user_key(info.user)[:16]
         return view(*args, **kwargs)
 

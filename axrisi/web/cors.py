@@ -21,7 +21,7 @@ from ..config import Settings
 
 ALLOW_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID")
 EXPOSE_HEADERS = ("X-Request-ID", "Retry-After")
-METHODS = ("GET", "POST", "OPTIONS")
+METHODS = ("GET", "POST", "DELETE", "OPTIONS")
 MAX_AGE_SECONDS = 600
 
 

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app
 from markupsafe import escape
 
 from ..config import Settings
-from . import services
+from .services import services
 
 bp = Blueprint("web", __name__)
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping
 
 from flask import Flask, Response, has_request_context
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import jsonutil
 from ..metrics import REJECTIONS, STREAMS
@@ -43,16 +43,19 @@ class ApiError(HTTPException):
     """An error answered as ``{"error": sentence, "code": code}`` with ``status``."""
 
     def __init__(self, status: int, code: str, message: str,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, quiet: bool = False) -> None:
         super().__init__(message)
         self.code = status
         self.error_code = code
         self.message = message
         self.extra_headers = dict(headers or {})
+        self.quiet = quiet
+        """No access-log line of its own: it is counted in an aggregate line instead."""
 
     def get_response(self, environ: object = None, scope: object = None) -> Response:
         """Render the one JSON shape, whoever raised it."""
-        return json_error(self.code or 500, self.error_code, self.message, self.extra_headers)
+        return json_error(self.code or 500, self.error_code, self.message, self.extra_headers,
+                          quiet=self.quiet)
 
 
 class Unauthorized(ApiError):
@@ -63,9 +66,9 @@ class Unauthorized(ApiError):
 
 
 def json_error(status: int, code: str, message: str,
-               headers: Mapping[str, str] | None = None) -> Response:
+               headers: Mapping[str, str] | None = None, quiet: bool = False) -> Response:
     """Build an error response in the contract's shape (and note its code for logs/metrics)."""
-    _note(status, code)
+    _note(status, code, quiet)
     response = Response(jsonutil.dumps({"error": message, "code": code}), status=status,
                         mimetype="application/json")
     for name, value in (headers or {}).items():
@@ -73,12 +76,13 @@ def json_error(status: int, code: str, message: str,
     return response
 
 
-def _note(status: int, code: str) -> None:
+def _note(status: int, code: str, quiet: bool = False) -> None:
     if not has_request_context():
         return
     info = requestlog.current_or_none()
     if info is not None:
         info.error_code = code
+        info.quiet = quiet
     if status in (429, 503):
         REJECTIONS.labels(code).inc()
         if status == 429:
@@ -96,8 +100,8 @@ def init_app(app: Flask) -> None:
     def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
         code, message = _GENERIC_CODES.get(status, ("http_error", error.name))
-        headers = {"Allow": ", ".join(error.valid_methods)} if getattr(
-            error, "valid_methods", None) else None
+        allowed = error.valid_methods if isinstance(error, MethodNotAllowed) else None
+        headers = {"Allow": ", ".join(allowed)} if allowed else None
         return json_error(status, code, message, headers)
 
     @app.errorhandler(Exception)

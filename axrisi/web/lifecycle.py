@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import gevent
 
 from ..stream.registry import StreamRegistry
 from .errors import ApiError
+
+if TYPE_CHECKING:  # for its type only: the app does not import gunicorn's worker machinery
+    from gunicorn.workers.base import Worker
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def _unavailable(message: str) -> ApiError:
     return ApiError(503, "unavailable", message, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-def watch_worker(worker: Any, lifecycle: Lifecycle) -> None:
+def watch_worker(worker: Worker, lifecycle: Lifecycle) -> None:
     """From gunicorn's ``post_worker_init``: drain when the worker stops being alive."""
 
     def watch() -> None:

@@ -13,9 +13,9 @@ from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import metrics
-from . import services
 from .errors import Unauthorized
 from .lifecycle import Lifecycle
+from .services import services
 
 bp = Blueprint("ops", __name__)
 

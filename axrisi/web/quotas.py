@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 import limits
 from flask import Flask, Response
@@ -26,19 +27,26 @@ from .errors import ApiError, json_error
 log = logging.getLogger(__name__)
 
 RATE_LIMITED_MESSAGE = "Rate limit exceeded"
+RATE_KEY_PREFIX = "axrisi"
+
+
+UNCAPPED_TOKENS = "1000000000000/day"
+"""Without ``AXRISI_TOKEN_QUOTA`` tokens are still counted (per day) for ``GET /api/usage``."""
 
 
 class Quotas:
     """The three limits together, as the API uses them."""
 
     def __init__(self, settings: Settings, store: SharedStore | None) -> None:
+        self.rate_limit = settings.rate_limit
         self.slots = StreamSlots(settings.max_streams_per_user, settings.stream_lease_seconds,
                                  store)
-        self.tokens = TokenQuota(settings.token_quota, store) if settings.token_quota else None
+        self.tokens = TokenQuota(settings.token_quota or UNCAPPED_TOKENS, store)
+        self.token_quota = settings.token_quota is not None
 
     def admit(self, user: str) -> Lease:
         """Check the token quota, then take a stream slot; raise the contract's 429s."""
-        if self.tokens is not None:
+        if self.token_quota:
             retry_after = self.tokens.retry_after(user)
             if retry_after is not None:
                 raise ApiError(429, "quota_exceeded",
@@ -53,8 +61,19 @@ class Quotas:
     def stream_ended(self, user: str, lease: Lease | None, tokens: int) -> None:
         """Give the slot back and charge the tokens: called on every way a stream ends."""
         self.slots.release(lease)
-        if self.tokens is not None:
-            self.tokens.charge(user, tokens)
+        self.tokens.charge(user, tokens)
+
+    def usage(self, user: str) -> dict[str, Any]:
+        """``GET /api/usage``: the figures the 429s enforce, and what is left of them."""
+        used, reset = self.tokens.used(user)
+        limit = self.slots.limit
+        return {
+            "rate": [_rate_usage(item, user) for item in limits.parse_many(self.rate_limit)],
+            "streams": {"open": self.slots.open_count(user), "max": limit if limit > 0 else None},
+            "tokens": {"used": used,
+                       "quota": self.tokens.item.amount if self.token_quota else None,
+                       "resetSeconds": reset if self.token_quota else None},
+        }
 
 
 rate_limiter = Limiter(
@@ -62,7 +81,7 @@ rate_limiter = Limiter(
     strategy="moving-window",
     headers_enabled=False,
     swallow_errors=True,
-    key_prefix="axrisi",
+    key_prefix=RATE_KEY_PREFIX,
 )
 
 
@@ -82,6 +101,21 @@ def init_rate_limit(app: Flask, settings: Settings, store: SharedStore | None) -
     def _rate_limited(_error: RateLimitExceeded) -> Response:
         return json_error(429, "rate_limited", RATE_LIMITED_MESSAGE,
                           {"Retry-After": str(_rate_retry_after())})
+
+
+RATE_SCOPE = "api.run"
+"""flask-limiter's scope for the limit on ``POST /api/run``: its endpoint's name."""
+
+
+def _rate_usage(item: limits.RateLimitItem, user: str) -> dict[str, Any]:
+    """One window of the request rate for ``user``, read where flask-limiter counts it."""
+    reset, remaining = rate_limiter.limiter.get_window_stats(
+        item, RATE_KEY_PREFIX, user_key(user), RATE_SCOPE)
+    window = item.get_expiry()
+    left = max(0, remaining)
+    seconds = 0 if left >= item.amount else \
+        max(1, min(window, math.floor(max(0.0, reset - time.time())) + 1))
+    return {"limit": str(item), "remaining": left, "resetSeconds": seconds}
 
 
 def _rate_retry_after() -> int:

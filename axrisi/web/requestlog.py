@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 from flask import Flask, Response, g, request
 
@@ -27,7 +27,7 @@ access_log = logging.getLogger("axrisi.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
-class JsonLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class JsonLineHandler(logging.StreamHandler[TextIO]):
     """Writes a record's ``fields`` as one compact JSON line."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -48,6 +48,8 @@ class RequestInfo:
     error_code: str | None = None
     streaming: bool = False
     """The line is written when the stream's connection ends, not after the view."""
+    quiet: bool = False
+    """No line of its own (a refusal counted in an aggregate line: ``loginguard``)."""
 
 
 def current() -> RequestInfo:
@@ -79,7 +81,7 @@ def init_app(app: Flask) -> None:
         if info is None:
             return response
         response.headers["X-Request-ID"] = info.request_id
-        if not info.streaming:
+        if not info.streaming and not info.quiet:
             emit({
                 "requestId": info.request_id,
                 "method": request.method,
@@ -100,7 +102,7 @@ def emit(fields: dict[str, Any]) -> None:
 
 def stream_line(request_id: str, method: str, path: str, user_hash: str, command: str | None,
                 started: float, outcome: str, first_token_at: float | None,
-                tokens: int) -> None:
+                tokens: int, fallback: str | None = None) -> None:
     """The line for a stream, written when its connection ends."""
     emit({
         "requestId": request_id,
@@ -113,6 +115,7 @@ def stream_line(request_id: str, method: str, path: str, user_hash: str, command
         "ttftMs": _ms(first_token_at - started) if first_token_at is not None else None,
         "durationMs": _ms(time.monotonic() - started),
         "tokens": tokens,
+        "fallback": fallback,
     })
 
 

@@ -34,6 +34,16 @@ def parse_stream_id(value: str) -> int:
     return int(value)
 
 
+def last_event_id(header: str | None, query: list[str]) -> str | None:
+    """The id to resume after: the header (as EventSource sends it) unless blank, else the one
+    ``lastEventId`` query parameter; the parameter given twice is a 400, not a guess."""
+    if header is not None and header.strip():
+        return header
+    if len(query) > 1:
+        raise ApiError(400, "invalid_request", "Give lastEventId at most once.")
+    return query[0] if query else header
+
+
 def resume_position(stream_id: int, last_event_id: str | None) -> int:
     """The position after ``last_event_id`` (0 without one); 400 if it names another stream."""
     if last_event_id is None or last_event_id.strip() == "":

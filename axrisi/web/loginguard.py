@@ -1,0 +1,88 @@
+"""Failed authentications per client address, so that a flood of bad tokens cannot starve the
+users with good ones.
+
+Each failed authentication is counted for the client's address (``AXRISI_AUTH_FAILURE_LIMIT``,
+flask-limiter's notation, moving window; in Redis through the fault model when ``REDIS_URL``
+is set, like the rate limit). Past the limit the address is refused with ``429 rate_limited``
+and ``Retry-After``, and this worker remembers it until the window frees up, so that its next
+requests are refused before their token is even decoded: a flood costs one dictionary look-up
+per request, and a valid user pays nothing (only failures touch the counter). Refusals are
+logged in aggregate (one line per :data:`REPORT_SECONDS`), not one line each.
+
+The address is ``REMOTE_ADDR``; behind proxies, ``AXRISI_TRUSTED_PROXIES`` hops of
+``X-Forwarded-For`` are believed (werkzeug's ``ProxyFix``), no more.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import limits
+from limits.storage import MemoryStorage, Storage
+from limits.strategies import MovingWindowRateLimiter
+
+from .. import metrics
+from ..shared.limitstore import SCHEME, SharedLimitStorage
+from ..shared.store import SharedStore
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+REPORT_SECONDS = 10.0
+MAX_REMEMBERED = 100_000
+"""Blocked addresses one worker remembers at most (a flood from many addresses stays bounded)."""
+
+
+class LoginGuard:
+    """Counts failed logins per address; refuses an address past the limit."""
+
+    def __init__(self, limit: str, store: SharedStore | None, workers: int = 1) -> None:
+        self.items = limits.parse_many(limit)
+        storage: Storage = (SharedLimitStorage(SCHEME + store.url, store=store, workers=workers)
+                            if store is not None else MemoryStorage())
+        self.limiter = MovingWindowRateLimiter(storage)
+        self.blocked: dict[str, float] = {}
+        self._refused = 0
+        self._addresses: set[str] = set()
+        self._reported_at = time.monotonic()
+
+    def check(self, address: str) -> None:
+        """Refuse an address this worker knows is past the limit (no token is decoded)."""
+        until = self.blocked.get(address)
+        if until is None:
+            return
+        wait = until - time.monotonic()
+        if wait <= 0:
+            del self.blocked[address]
+            return
+        self._refuse(address, wait)
+
+    def failed(self, address: str) -> None:
+        """Count a failed authentication; past the limit, refuse it (429, not 401)."""
+        for item in self.items:
+            if not self.limiter.hit(item, "login-failures", address):
+                reset, _left = self.limiter.get_window_stats(item, "login-failures", address)
+                wait = max(1.0, reset - time.time())
+                if len(self.blocked) < MAX_REMEMBERED:
+                    self.blocked[address] = time.monotonic() + wait
+                self._refuse(address, wait)
+
+    def _refuse(self, address: str, wait: float) -> None:
+        metrics.AUTH_REFUSALS.inc()
+        self._refused += 1
+        self._addresses.add(address)
+        self._report()
+        raise ApiError(429, "rate_limited",
+                       "Too many failed authentications from this address; try again later.",
+                       {"Retry-After": str(max(1, math.ceil(wait)))}, quiet=True)
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._reported_at < REPORT_SECONDS:
+            return
+        log.warning("refused %d requests from %d addresses after too many failed logins "
+                    "in the last %.0f s", self._refused, len(self._addresses),
+                    now - self._reported_at)
+        self._refused, self._addresses, self._reported_at = 0, set(), now

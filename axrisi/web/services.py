@@ -1,0 +1,36 @@
+"""The pieces the views use, as one typed record per app: ``services()`` instead of string keys
+in ``app.extensions`` (built by :func:`axrisi.web.install`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..shared import SharedState
+    from ..stream.registry import StreamRegistry
+    from .lifecycle import Lifecycle
+    from .loginguard import LoginGuard
+    from .quotas import Quotas
+
+KEY = "axrisi"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the views use, built once per app."""
+
+    settings: Settings
+    registry: StreamRegistry
+    quotas: Quotas
+    lifecycle: Lifecycle
+    shared: SharedState | None
+    login_guard: LoginGuard
+
+
+def services(app: Flask | None = None) -> Services:
+    """The app's services (the current app's by default)."""
+    return cast(Services, (app or current_app).extensions[KEY])

@@ -1,0 +1,418 @@
+"""Urllib3Transport against real sockets: the scripted loopback servers of test_transport.py.
+
+The same wire checks as LeanTransport's (how many connections, when the client closed), plus the
+one place where the two differ on purpose: a reused connection the server closes as the request
+arrives is not sent again here (``retries=False``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from axrisi.providers.base import Finish, Prompt
+from axrisi.providers.openai_compat import OpenAIProvider
+from axrisi.providers.transport import BODY_EXTENSION
+from axrisi.providers.urllib3_transport import Urllib3Transport
+from tests.fake_upstream import FakeUpstream, Scenario
+from tests.test_transport import SSE_HEAD, ScriptedServer, chunk, read_request, self_signed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def start(handler: Callable[[socket.socket, int], None],
+              tls: ssl.SSLContext | None = None) -> ScriptedServer:
+        server = ScriptedServer(handler, tls)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def client(timeout: httpx2.Timeout | None = None,
+           tls: ssl.SSLContext | None = None) -> tuple[httpx2.Client, Urllib3Transport]:
+    transport = Urllib3Transport(tls or ssl.create_default_context())
+    return httpx2.Client(transport=transport, timeout=timeout or httpx2.Timeout(5.0)), transport
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with an RST instead of a FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def test_chunked_body_arrives_piece_by_piece_and_the_connection_is_reused(serve) -> None:
+    gate = threading.Event()
+
+    def handler(conn: socket.socket, _: int) -> None:
+        while server.read(conn):
+            conn.sendall(SSE_HEAD + chunk(b"data: one\n\n"))
+            gate.wait(5)
+            conn.sendall(chunk(b"data: two\n\n") + b"0\r\n\r\n")
+
+    server = serve(handler)
+    http, transport = client()
+    for _ in range(3):
+        gate.clear()
+        with http.stream("POST", server.url + "/v1/x?q=1", content=b'{"a":1}') as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "text/event-stream"
+            pieces = response.iter_raw()
+            assert next(pieces) == b"data: one\n\n"  # before the server sent the rest
+            gate.set()
+            assert b"".join(pieces) == b"data: two\n\n"
+    assert server.connections == 1
+    assert transport.idle_connections() == 1
+    assert server.requests[0].startswith(b"POST /v1/x?q=1 HTTP/1.1\r\n")
+    assert server.requests[0].endswith(b'\r\n\r\n{"a":1}')
+    head = server.requests[0].lower()
+    assert b"\r\nhost: 127.0.0.1:" in head
+    assert head.count(b"\r\ncontent-length:") == 1
+    assert b"transfer-encoding" not in head
+
+
+def test_the_body_extension_is_the_stream_the_provider_reads(serve) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(SSE_HEAD + chunk(b"data: a\n\n") + chunk(b"data: b\n\n") + b"0\r\n\r\n")
+
+    server = serve(handler)
+    http, _ = client()
+    with http.stream("GET", server.url) as response:
+        assert list(response.extensions[BODY_EXTENSION]) == [b"data: a\n\n", b"data: b\n\n"]
+
+
+def test_content_length_body(serve) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        while server.read(conn):
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 11\r\n\r\nhello world")
+
+    server = serve(handler)
+    http, transport = client()
+    assert http.get(server.url + "/a").text == "hello world"
+    response = http.get(server.url + "/b")
+    assert (response.status_code, response.text) == (404, "hello world")
+    assert response.reason_phrase == "Not Found"
+    assert server.connections == 1
+    assert transport.idle_connections() == 1
+
+
+def test_a_content_length_body_is_not_held_back_until_complete(serve) -> None:
+    gate = threading.Event()
+
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nfirst half")
+        gate.wait(5)
+        conn.sendall(b"secondhalf")
+
+    server = serve(handler)
+    http, _ = client()
+    with http.stream("GET", server.url) as response:
+        pieces = response.iter_raw()
+        assert next(pieces) == b"first half"
+        gate.set()
+        assert b"".join(pieces) == b"secondhalf"
+
+
+def test_body_delimited_by_close_is_read_to_the_end_and_not_pooled(serve) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ")
+        conn.sendall(b"part two")
+        conn.shutdown(socket.SHUT_WR)
+
+    server = serve(handler)
+    http, transport = client()
+    assert http.get(server.url).text == "part one, part two"
+    assert http.get(server.url).text == "part one, part two"
+    assert server.connections == 2
+    assert transport.idle_connections() == 0
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused(serve) -> None:
+    answered = threading.Event()
+
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        answered.set()
+
+    server = serve(handler)
+    http, _ = client()
+    assert http.get(server.url).text == "ok"
+    answered.wait(5)
+    threading.Event().wait(0.1)  # let the FIN arrive
+    assert http.get(server.url).text == "ok"
+    assert server.connections == 2
+
+
+def test_a_reused_connection_closed_before_answering_is_not_retried(serve) -> None:
+    """The difference from LeanTransport: retries=False, so this race is the caller's error."""
+    def handler(conn: socket.socket, index: int) -> None:
+        server.read(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + str(index).encode())
+        if index == 0:
+            server.read(conn)
+
+    server = serve(handler)
+    http, _ = client()
+    assert http.get(server.url).text == "0"
+    with pytest.raises(httpx2.RemoteProtocolError):
+        http.get(server.url)
+    assert http.get(server.url).text == "1"
+    assert server.connections == 2
+
+
+def test_a_new_connection_closed_before_answering_is_an_error(serve) -> None:
+    server = serve(lambda conn, _: server.read(conn))
+    http, _ = client()
+    with pytest.raises(httpx2.RemoteProtocolError):
+        http.get(server.url)
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("head", [SSE_HEAD, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"])
+def test_a_truncated_body_is_a_protocol_error(serve, head: bytes) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(head + (chunk(b"data: one\n\n") if b"chunked" in head else b"data: one"))
+
+    server = serve(handler)
+    http, transport = client()
+    with http.stream("GET", server.url) as response:
+        with pytest.raises(httpx2.RemoteProtocolError):
+            for _ in response.iter_raw():
+                pass
+    assert transport.idle_connections() == 0
+
+
+def test_a_malformed_answer_is_a_protocol_error(serve) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(b"SMTP ready\r\n\r\n")
+
+    server = serve(handler)
+    http, _ = client()
+    with pytest.raises(httpx2.RemoteProtocolError):
+        http.get(server.url)
+
+
+def test_refused_connection_is_a_connect_error_that_names_no_address() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    http, _ = client()
+    with pytest.raises(httpx2.ConnectError) as caught:
+        http.get(f"http://127.0.0.1:{port}/")
+    assert "127.0.0.1" not in str(caught.value) and str(port) not in str(caught.value)
+    assert "refused" in str(caught.value)
+
+
+def test_a_reset_before_the_answer_is_a_read_error(serve) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        reset(conn)
+
+    server = serve(handler)
+    http, _ = client()
+    with pytest.raises(httpx2.ReadError):
+        http.get(server.url)
+
+
+def test_a_reset_in_the_middle_of_the_body_is_a_read_error(serve) -> None:
+    sent = threading.Event()
+
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(SSE_HEAD + chunk(b"data: one\n\n"))
+        sent.wait(5)
+        reset(conn)
+
+    server = serve(handler)
+    http, transport = client()
+    with http.stream("GET", server.url) as response:
+        pieces = response.iter_raw()
+        assert next(pieces) == b"data: one\n\n"
+        sent.set()
+        with pytest.raises(httpx2.ReadError):
+            next(pieces)
+    assert transport.idle_connections() == 0
+
+
+def test_read_timeout(serve) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        server.wait_client_close(conn)
+
+    server = serve(handler)
+    http, _ = client(timeout=httpx2.Timeout(5.0, read=0.2))
+    with pytest.raises(httpx2.ReadTimeout):
+        http.get(server.url)
+    assert server.closed_by_client.wait(5)
+
+
+def test_closing_a_response_early_closes_its_connection(serve) -> None:
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(SSE_HEAD + chunk(b"data: one\n\n"))
+        server.wait_client_close(conn)
+
+    server = serve(handler)
+    http, transport = client()
+    with http.stream("GET", server.url) as response:
+        pieces = response.iter_raw()  # held: the close below is the response's, not a GC's
+        assert next(pieces) == b"data: one\n\n"
+        assert not server.closed_by_client.wait(0.2)
+    assert server.closed_by_client.wait(1)
+    assert transport.idle_connections() == 0
+
+
+def test_closing_before_reading_closes_the_connection_and_the_next_request_reconnects(
+        serve) -> None:
+    def handler(conn: socket.socket, index: int) -> None:
+        server.read(conn)
+        conn.sendall(SSE_HEAD + chunk(b"data: %d\n\n" % index))
+        if index == 0:
+            server.wait_client_close(conn)
+            return
+        conn.sendall(b"0\r\n\r\n")
+        server.read(conn)
+
+    server = serve(handler)
+    http, _ = client()
+    with http.stream("GET", server.url):
+        pass
+    assert server.closed_by_client.wait(5)
+    assert http.get(server.url).text == "data: 1\n\n"
+    assert server.connections == 2
+
+
+def test_header_injection_is_refused_before_sending(serve) -> None:
+    server = serve(lambda conn, _: server.read(conn))
+    http, _ = client()
+    with pytest.raises(httpx2.LocalProtocolError):
+        http.get(server.url, headers={"X-Bad": "a\r\nInjected: yes"})
+    assert server.requests == []
+
+
+def test_tls_streams_and_pools(serve, tmp_path: Path) -> None:
+    server_ctx, client_ctx = self_signed(tmp_path)
+
+    def handler(conn: socket.socket, _: int) -> None:
+        while server.read(conn):
+            conn.sendall(SSE_HEAD + chunk(b"data: secret\n\n") + b"0\r\n\r\n")
+
+    server = serve(handler, tls=server_ctx)
+    http, transport = client(tls=client_ctx)
+    for _ in range(2):
+        assert http.get(server.url).text == "data: secret\n\n"
+    assert server.connections == 1
+    assert transport.idle_connections() == 1
+
+
+def test_tls_refuses_an_untrusted_certificate(serve, tmp_path: Path) -> None:
+    server_ctx, _ = self_signed(tmp_path)
+    server = serve(lambda conn, _: server.read(conn), tls=server_ctx)
+    http, _ = client()
+    with pytest.raises(httpx2.ConnectError):
+        http.get(server.url)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_follows_the_contexts_verify_mode(serve, tmp_path: Path) -> None:
+    """urllib3 would force CERT_REQUIRED on a given context; the transport passes its mode on."""
+    server_ctx, _ = self_signed(tmp_path)
+
+    def handler(conn: socket.socket, _: int) -> None:
+        server.read(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = serve(handler, tls=server_ctx)
+    http, _ = client(tls=httpx2.create_ssl_context(verify=False))
+    assert http.get(server.url).text == "ok"
+
+
+def test_the_sdk_maps_status_errors_through_the_transport() -> None:
+    with FakeUpstream() as upstream:
+        upstream.add_scenario("k429", Scenario(status=429))
+        sdk = openai.OpenAI(api_key="sk-test", base_url=upstream.base_url, max_retries=0,
+                            http_client=openai.DefaultHttpxClient(
+                                transport=Urllib3Transport(ssl.create_default_context())))
+        with pytest.raises(openai.RateLimitError):
+            sdk.chat.completions.create(model="m", stream=True,
+                                        messages=[{"role": "user", "content": "k429"}])
+        stream = sdk.chat.completions.create(model="m", stream=True,
+                                             messages=[{"role": "user", "content": "hi"}])
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "Hello, world!"
+
+
+def test_the_provider_streams_through_urllib3_and_pools_finished_streams() -> None:
+    with FakeUpstream() as upstream:
+        upstream.add_scenario("u3", Scenario(tokens=["a", "b", "c"]))
+        provider = OpenAIProvider("sk-test", upstream.base_url, "m", 10, transport="urllib3")
+        assert isinstance(provider.client._client._transport, Urllib3Transport)
+        for _ in range(2):
+            items = list(provider.stream(Prompt(command="c", system="s", user="u3", text="u3")))
+            assert items[:-1] == ["a", "b", "c"]
+            assert isinstance(items[-1], Finish) and items[-1].reason == "stop"
+        first, second = upstream.wait_for_request("u3"), upstream.requests[-1]
+        assert first.connection_id == second.connection_id  # keep-alive: one connection
+
+
+GEVENT_CHECK = r"""
+from gevent import monkey
+monkey.patch_all()
+import json, socket, ssl, sys
+import gevent, gevent.socket, httpx2
+from axrisi.providers.urllib3_transport import Urllib3Transport
+
+port = int(sys.argv[1])
+transport = Urllib3Transport(ssl.create_default_context())
+http = httpx2.Client(transport=transport, timeout=httpx2.Timeout(5.0))
+def get():
+    return http.get(f"http://127.0.0.1:{port}/").text
+# The server answers neither request before both have arrived: with blocking sockets the first
+# greenlet would hold the thread and the second request would never be sent.
+jobs = [gevent.spawn(get), gevent.spawn(get)]
+gevent.joinall(jobs, timeout=5)
+pool = transport._pools.connection_from_host("127.0.0.1", port, "http")
+socks = [c.sock for c in pool.pool.queue if c is not None and c.sock is not None]
+print(json.dumps({"texts": [j.value for j in jobs],
+                  "gevent_sockets": [isinstance(s, gevent.socket.socket) for s in socks]}))
+"""
+
+
+def test_under_gevent_urllib3_uses_the_patched_sockets(serve) -> None:
+    both = threading.Barrier(2, timeout=5)
+
+    def handler(conn: socket.socket, _: int) -> None:
+        read_request(conn)
+        both.wait()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        read_request(conn)
+
+    server = serve(handler)
+    out = subprocess.run([sys.executable, "-c", GEVENT_CHECK, str(server.port)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30, check=True)
+    result = json.loads(out.stdout)
+    assert result["texts"] == ["ok", "ok"]
+    assert result["gevent_sockets"] == [True, True]

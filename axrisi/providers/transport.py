@@ -147,24 +147,36 @@ class LeanTransport(httpx2.BaseTransport):
         scheme, host, port = origin
         try:
             sock = _open_socket(host, port, timeout)
-        except TimeoutError:
-            raise httpx2.ConnectTimeout("Timed out connecting.", request=request) from None
         except OSError as error:
-            raise httpx2.ConnectError(f"Connection failed ({error.strerror or 'error'}).",
-                                      request=request) from None
+            raise mapped(error, "connect", request) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if scheme != b"https":
             return sock
         try:
             return self._ssl.wrap_socket(sock, server_hostname=host)
-        except TimeoutError:
-            sock.close()
-            raise httpx2.ConnectTimeout("Timed out in the TLS handshake.",
-                                        request=request) from None
         except OSError as error:
             sock.close()
-            raise httpx2.ConnectError(f"TLS handshake failed ({type(error).__name__}).",
-                                      request=request) from None
+            raise mapped(error, "tls", request) from None
+
+
+_PHASES: dict[str, tuple[type[httpx2.TimeoutException], type[httpx2.TransportError], str]] = {
+    "connect": (httpx2.ConnectTimeout, httpx2.ConnectError, "Connecting"),
+    "tls": (httpx2.ConnectTimeout, httpx2.ConnectError, "The TLS handshake"),
+    "write": (httpx2.WriteTimeout, httpx2.WriteError, "Sending the request"),
+    "read": (httpx2.ReadTimeout, httpx2.ReadError, "Reading the response"),
+}
+
+
+def mapped(error: OSError, phase: str,
+           request: httpx2.Request | None = None) -> httpx2.TransportError:
+    """The one place a socket error becomes httpx2's exception for its phase (as httpx's
+    ``map_httpcore_exceptions`` does), so that the SDK sees the types it always has. A function
+    the ``except`` clauses call, not a context manager: ``_recv`` runs once per token."""
+    timeout_type, error_type, what = _PHASES[phase]
+    if isinstance(error, TimeoutError):
+        return timeout_type(f"{what} timed out.", request=request)
+    detail = error.strerror or type(error).__name__
+    return error_type(f"{what} failed ({detail}).", request=request)
 
 
 class _Body(httpx2.SyncByteStream):
@@ -202,11 +214,8 @@ class _Body(httpx2.SyncByteStream):
             if self._wait_readable is not None:
                 self._wait_readable()
             return self._sock.recv(READ_SIZE)
-        except TimeoutError:
-            raise httpx2.ReadTimeout("Timed out reading the response.") from None
         except OSError as error:
-            raise httpx2.ReadError(
-                f"Reading the response failed ({error.strerror or 'error'}).") from None
+            raise mapped(error, "read") from None
 
     def close(self) -> None:
         """Pool the connection if its response was read to the end, else close it."""
@@ -303,13 +312,10 @@ def _exchange(sock: socket.socket, payload: bytes, timeouts: dict[str, Any],
     try:
         sock.settimeout(timeouts.get("write"))
         sock.sendall(payload)
-    except TimeoutError:
-        raise httpx2.WriteTimeout("Timed out sending the request.", request=request) from None
     except OSError as error:
-        if reused:
+        if reused and not isinstance(error, TimeoutError):
             raise _Stale from None
-        raise httpx2.WriteError(f"Sending the request failed ({error.strerror or 'error'}).",
-                                request=request) from None
+        raise mapped(error, "write", request) from None
     message = _Message()
     parser = httptools.HttpResponseParser(message)
     sock.settimeout(timeouts.get("read"))
@@ -317,14 +323,10 @@ def _exchange(sock: socket.socket, payload: bytes, timeouts: dict[str, Any],
     while not message.headers_done:
         try:
             data = sock.recv(READ_SIZE)
-        except TimeoutError:
-            raise httpx2.ReadTimeout("Timed out waiting for the response.",
-                                     request=request) from None
         except OSError as error:
-            if reused and not received:
+            if reused and not received and not isinstance(error, TimeoutError):
                 raise _Stale from None
-            raise httpx2.ReadError(f"Reading the response failed ({error.strerror or 'error'}).",
-                                   request=request) from None
+            raise mapped(error, "read", request) from None
         if not data:
             if reused and not received:
                 raise _Stale

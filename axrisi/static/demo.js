@@ -27,6 +27,9 @@ const ui = {
   ttft: $("ttft"),
   tps: $("tps"),
   events: $("events"),
+  model: $("model"),
+  usage: $("usage"),
+  quota: $("quota"),
   answer: $("answer"),
   answerTitle: $("answer-title"),
 };
@@ -93,6 +96,7 @@ async function loadCatalog() {
       return;
     }
     fillCatalog(body.commands || []);
+    showQuota();
   } catch {
     catalogToken = null;
     ui.commandHelp.textContent = "Could not reach the server to load the commands.";
@@ -129,6 +133,29 @@ ui.token.addEventListener("input", () => {
 });
 ui.token.addEventListener("change", loadCatalog);
 ui.command.addEventListener("change", showCommandFields);
+
+// ---- What is left of the user's limits (GET /api/usage) ------------------------------------
+
+async function showQuota() {
+  const token = ui.token.value.trim();
+  if (!token) return;
+  try {
+    const response = await fetch("/api/usage", {
+      headers: { Authorization: `Bearer ${token}` },
+      cache: "no-store",
+    });
+    if (!response.ok) return;
+    const usage = await response.json();
+    const first = usage.rate?.[0];
+    const parts = first ? [`${first.remaining} (${first.limit})`] : [];
+    if (usage.tokens?.quota != null) {
+      parts.push(`${usage.tokens.quota - usage.tokens.used} of ${usage.tokens.quota} tokens`);
+    }
+    ui.quota.textContent = parts.join(", ") || "–";
+  } catch {
+    // The figure is a convenience: leave the last one shown.
+  }
+}
 
 // ---- Streaming ------------------------------------------------------------------------------
 
@@ -179,6 +206,8 @@ function start() {
   ui.ttft.textContent = "–";
   ui.tps.textContent = "–";
   ui.events.textContent = "0";
+  ui.model.textContent = "–";
+  ui.usage.textContent = "–";
   setState("connecting");
 
   run = streamCommand({
@@ -205,11 +234,15 @@ function start() {
       content = soFar;
       scheduleRender();
     },
-    onDone: (_payload, result) => {
+    onDone: (payload, result) => {
       content = result.content;
       render();
       if (count === 1 || performance.now() <= firstAt) ui.tps.textContent = String(count);
+      if (typeof payload.model === "string") ui.model.textContent = payload.model;
+      const usage = payload.usage;
+      if (usage) ui.usage.textContent = `${usage.promptTokens} + ${usage.completionTokens}`;
       setState("done");
+      showQuota();
     },
     onError: (error) => {
       content = error.partial?.content ?? content;

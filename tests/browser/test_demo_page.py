@@ -62,6 +62,23 @@ def test_demo_streams_renders_markdown_and_metrics(page: Any, server: Gunicorn,
     assert page.axrisi_seen.errors == []
 
 
+def test_start_works_at_once_and_shows_model_usage_and_quota(page: Any,
+                                                             server: Gunicorn) -> None:
+    """A newcomer presses Start on the sample text; the page shows who answered, the tokens the
+    answer cost and the requests left (GET /api/usage)."""
+    open_demo(page, server)
+    assert len(page.input_value("#text")) > 200
+    page.wait_for_function("() => document.getElementById('quota').textContent !== '–'")
+    page.click("#start")
+    wait_state(page, "done")
+    assert page.text_content("#model") == "test-model"
+    assert re.fullmatch(r"\d+ \+ \d+", page.text_content("#usage") or "")
+    page.wait_for_function(
+        "() => /^\\d+ \\(100000 per 1 minute\\)$/.test(document.getElementById('quota')"
+        ".textContent)")
+    assert page.axrisi_seen.errors == []
+
+
 def test_stop_cancels_the_upstream(page: Any, server: Gunicorn, upstream: FakeUpstream) -> None:
     """Stop aborts the fetch, the service closes its upstream request, the state says stopped."""
     key = unique_key("stop")

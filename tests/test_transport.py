@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from axrisi.providers.transport import LeanTransport
+from axrisi.providers.urllib3_transport import Urllib3Transport
 from tests.fake_upstream import FakeUpstream, Scenario
 
 Handler = Callable[[socket.socket, int], None]
@@ -132,13 +133,35 @@ def serve() -> Iterator[Callable[..., ScriptedServer]]:
         server.close()
 
 
+TRANSPORTS: dict[str, type[LeanTransport] | type[Urllib3Transport]] = {
+    "lean": LeanTransport, "urllib3": Urllib3Transport}
+MakeClient = Callable[..., tuple[httpx2.Client, "LeanTransport | Urllib3Transport"]]
+
+
+@pytest.fixture(params=sorted(TRANSPORTS))
+def make_client(request: pytest.FixtureRequest) -> MakeClient:
+    """A client over each transport in turn: these wire checks hold for both (where the two
+    differ on purpose, each has its own test: here for LeanTransport, in
+    test_urllib3_transport.py for the other)."""
+    kind = TRANSPORTS[request.param]
+
+    def make(timeout: httpx2.Timeout | None = None, tls: ssl.SSLContext | None = None,
+             ) -> tuple[httpx2.Client, LeanTransport | Urllib3Transport]:
+        transport = kind(tls or ssl.create_default_context())
+        return httpx2.Client(transport=transport, timeout=timeout or httpx2.Timeout(5.0)), \
+            transport
+
+    return make
+
+
 def client(timeout: httpx2.Timeout | None = None,
            tls: ssl.SSLContext | None = None) -> tuple[httpx2.Client, LeanTransport]:
     transport = LeanTransport(tls or ssl.create_default_context())
     return httpx2.Client(transport=transport, timeout=timeout or httpx2.Timeout(5.0)), transport
 
 
-def test_chunked_body_arrives_piece_by_piece_and_the_connection_is_reused(serve) -> None:
+def test_chunked_body_arrives_piece_by_piece_and_the_connection_is_reused(
+        serve, make_client: MakeClient) -> None:
     gate = threading.Event()
 
     def handler(conn: socket.socket, _: int) -> None:
@@ -148,7 +171,7 @@ def test_chunked_body_arrives_piece_by_piece_and_the_connection_is_reused(serve)
             conn.sendall(chunk(b"data: two\n\n") + b"0\r\n\r\n")
 
     server = serve(handler)
-    http, transport = client()
+    http, transport = make_client()
     for _ in range(3):
         gate.clear()
         with http.stream("POST", server.url + "/v1/x", content=b'{"a":1}') as response:
@@ -165,20 +188,21 @@ def test_chunked_body_arrives_piece_by_piece_and_the_connection_is_reused(serve)
     assert b"\r\nhost: 127.0.0.1:" in server.requests[0].lower()
 
 
-def test_content_length_body(serve) -> None:
+def test_content_length_body(serve, make_client: MakeClient) -> None:
     def handler(conn: socket.socket, _: int) -> None:
         while server.read(conn):
             conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 11\r\n\r\nhello world")
 
     server = serve(handler)
-    http, _ = client()
+    http, _ = make_client()
     assert http.get(server.url + "/a").text == "hello world"
     response = http.get(server.url + "/b")
     assert (response.status_code, response.text) == (404, "hello world")
     assert server.connections == 1
 
 
-def test_body_delimited_by_close_is_read_to_the_end_and_not_pooled(serve) -> None:
+def test_body_delimited_by_close_is_read_to_the_end_and_not_pooled(
+        serve, make_client: MakeClient) -> None:
     def handler(conn: socket.socket, _: int) -> None:
         server.read(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ")
@@ -186,14 +210,14 @@ def test_body_delimited_by_close_is_read_to_the_end_and_not_pooled(serve) -> Non
         conn.shutdown(socket.SHUT_WR)
 
     server = serve(handler)
-    http, transport = client()
+    http, transport = make_client()
     assert http.get(server.url).text == "part one, part two"
     assert http.get(server.url).text == "part one, part two"
     assert server.connections == 2
     assert transport.idle_connections() == 0
 
 
-def test_an_idle_connection_the_server_closed_is_not_reused(serve) -> None:
+def test_an_idle_connection_the_server_closed_is_not_reused(serve, make_client: MakeClient) -> None:
     answered = threading.Event()
 
     def handler(conn: socket.socket, _: int) -> None:
@@ -203,7 +227,7 @@ def test_an_idle_connection_the_server_closed_is_not_reused(serve) -> None:
         # Keep-alive was promised, but the server closes the idle connection at once.
 
     server = serve(handler)
-    http, _ = client()
+    http, _ = make_client()
     assert http.get(server.url).text == "ok"
     answered.wait(5)
     threading.Event().wait(0.1)  # let the FIN arrive
@@ -226,21 +250,22 @@ def test_a_reused_connection_closed_before_answering_is_retried_once(serve) -> N
     assert server.connections == 2
 
 
-def test_a_new_connection_closed_before_answering_is_an_error(serve) -> None:
+def test_a_new_connection_closed_before_answering_is_an_error(
+        serve, make_client: MakeClient) -> None:
     server = serve(lambda conn, _: server.read(conn))
-    http, _ = client()
+    http, _ = make_client()
     with pytest.raises(httpx2.RemoteProtocolError):
         http.get(server.url)
     assert server.connections == 1  # not retried: nothing suggests a stale connection
 
 
-def test_a_truncated_body_is_a_protocol_error(serve) -> None:
+def test_a_truncated_body_is_a_protocol_error(serve, make_client: MakeClient) -> None:
     def handler(conn: socket.socket, _: int) -> None:
         server.read(conn)
         conn.sendall(SSE_HEAD + chunk(b"data: one\n\n"))
 
     server = serve(handler)
-    http, transport = client()
+    http, transport = make_client()
     with http.stream("GET", server.url) as response:
         with pytest.raises(httpx2.RemoteProtocolError):
             for _ in response.iter_raw():
@@ -248,55 +273,55 @@ def test_a_truncated_body_is_a_protocol_error(serve) -> None:
     assert transport.idle_connections() == 0
 
 
-def test_a_malformed_answer_is_a_protocol_error(serve) -> None:
+def test_a_malformed_answer_is_a_protocol_error(serve, make_client: MakeClient) -> None:
     def handler(conn: socket.socket, _: int) -> None:
         server.read(conn)
         conn.sendall(b"SMTP ready\r\n\r\n")
 
     server = serve(handler)
-    http, _ = client()
+    http, _ = make_client()
     with pytest.raises(httpx2.RemoteProtocolError):
         http.get(server.url)
 
 
-def test_refused_connection_is_a_connect_error() -> None:
+def test_refused_connection_is_a_connect_error(make_client: MakeClient) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()
-    http, _ = client()
+    http, _ = make_client()
     with pytest.raises(httpx2.ConnectError):
         http.get(f"http://127.0.0.1:{port}/")
 
 
-def test_read_timeout(serve) -> None:
+def test_read_timeout(serve, make_client: MakeClient) -> None:
     def handler(conn: socket.socket, _: int) -> None:
         server.read(conn)
         server.wait_client_close(conn)
 
     server = serve(handler)
-    http, _ = client(timeout=httpx2.Timeout(5.0, read=0.2))
+    http, _ = make_client(timeout=httpx2.Timeout(5.0, read=0.2))
     with pytest.raises(httpx2.ReadTimeout):
         http.get(server.url)
     assert server.closed_by_client.wait(5)
 
 
-def test_closing_a_response_early_closes_its_connection(serve) -> None:
+def test_closing_a_response_early_closes_its_connection(serve, make_client: MakeClient) -> None:
     def handler(conn: socket.socket, _: int) -> None:
         server.read(conn)
         conn.sendall(SSE_HEAD + chunk(b"data: one\n\n"))
         server.wait_client_close(conn)
 
     server = serve(handler)
-    http, transport = client()
+    http, transport = make_client()
     with http.stream("GET", server.url) as response:
         assert next(response.iter_raw()) == b"data: one\n\n"
     assert server.closed_by_client.wait(5)
     assert transport.idle_connections() == 0
 
 
-def test_header_injection_is_refused_before_sending(serve) -> None:
+def test_header_injection_is_refused_before_sending(serve, make_client: MakeClient) -> None:
     server = serve(lambda conn, _: server.read(conn))
-    http, _ = client()
+    http, _ = make_client()
     with pytest.raises(httpx2.LocalProtocolError):
         http.get(server.url, headers={"X-Bad": "a\r\nInjected: yes"})
     assert server.requests == []
@@ -325,7 +350,7 @@ def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server_ctx, client_ctx
 
 
-def test_tls_streams_and_pools(serve, tmp_path: Path) -> None:
+def test_tls_streams_and_pools(serve, tmp_path: Path, make_client: MakeClient) -> None:
     server_ctx, client_ctx = self_signed(tmp_path)
 
     def handler(conn: socket.socket, _: int) -> None:
@@ -333,17 +358,18 @@ def test_tls_streams_and_pools(serve, tmp_path: Path) -> None:
             conn.sendall(SSE_HEAD + chunk(b"data: secret\n\n") + b"0\r\n\r\n")
 
     server = serve(handler, tls=server_ctx)
-    http, transport = client(tls=client_ctx)
+    http, transport = make_client(tls=client_ctx)
     for _ in range(2):
         assert http.get(server.url).text == "data: secret\n\n"
     assert server.connections == 1
     assert transport.idle_connections() == 1
 
 
-def test_tls_refuses_an_untrusted_certificate(serve, tmp_path: Path) -> None:
+def test_tls_refuses_an_untrusted_certificate(
+        serve, tmp_path: Path, make_client: MakeClient) -> None:
     server_ctx, _ = self_signed(tmp_path)
     server = serve(lambda conn, _: server.read(conn), tls=server_ctx)
-    http, _ = client()  # the system's roots do not include the test certificate
+    http, _ = make_client()  # the system's roots do not include the test certificate
     with pytest.raises(httpx2.ConnectError):
         http.get(server.url)
 

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import gevent
 from redis.typing import XReadResponse
@@ -58,6 +58,7 @@ RESTART_WINDOW_MS = 5000
 ORPHAN_CONFIRM_SECONDS = 2 * HEARTBEAT_SECONDS
 """A lapsed lease must still be lapsed this much later (a worker renews every second)."""
 PAST_END_WAIT_SECONDS = 3 * HEARTBEAT_SECONDS
+UNSURE_PATIENCE_SECONDS = 1.0
 LOST_MESSAGE = "The stream's events could not be read to its end; please start it again."
 
 
@@ -166,7 +167,27 @@ class RedisEvents:
     # Look-ups before a reply starts -------------------------------------------------------------
 
     def probe(self, stream_id: int, owner: str) -> RemoteStream | None:
-        """The stream, or None when Redis knows that this owner has no such stream."""
+        """The stream, or None when Redis knows that this owner has no such stream.
+
+        "Cannot tell yet" is usually a writer a few milliseconds behind (its client saw an event
+        that the next flush carries): it is asked again for up to :data:`UNSURE_PATIENCE_SECONDS`
+        before the caller gets :class:`CannotTell`. A Redis that does not answer is not waited on.
+        """
+        deadline = time.monotonic() + UNSURE_PATIENCE_SECONDS
+        while True:
+            reply = self._probe_once(stream_id, owner)
+            verdict = reply[0].decode()
+            if verdict != "unsure":
+                break
+            if time.monotonic() >= deadline:
+                raise CannotTell()
+            gevent.sleep(0.05)
+        if verdict == "unknown":
+            return None
+        first, top, ended, worker = reply[1:]
+        return RemoteStream(int(first), int(top), bool(ended), worker.decode())
+
+    def _probe_once(self, stream_id: int, owner: str) -> list[Any]:
         try:
             reply = self._probe(
                 keys=[meta_key(stream_id), events_key(stream_id), WORKERS_KEY, SYNCED_KEY,
@@ -176,13 +197,7 @@ class RedisEvents:
             self.store.failed(error, check=True)
             raise CannotTell() from None
         self.store.succeeded()
-        verdict = reply[0].decode()
-        if verdict == "unsure":
-            raise CannotTell()
-        if verdict == "unknown":
-            return None
-        first, top, ended, worker = reply[1:]
-        return RemoteStream(int(first), int(top), bool(ended), worker.decode())
+        return cast(list[Any], reply)
 
     def past_end(self, stream_id: int, owner: str, position: int,
                  stream: RemoteStream) -> RemoteStream:

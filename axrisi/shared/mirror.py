@@ -179,6 +179,18 @@ class EventMirror:
         self.dirty[event_log.stream_id] = entry
         self._wake.set()
 
+    def wait_written(self, stream_id: int, timeout: float) -> bool:
+        """Block until the stream's terminal event is in Redis (False after ``timeout``: Redis
+        slow or away; the writer goes on trying, in order, as always)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entry = self.streams.get(stream_id)
+            if entry is None or entry.done:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            gevent.sleep(FLUSH_SECONDS)
+
     def forget(self, stream_id: int) -> None:
         """The registry dropped the stream (its TTL or the memory cap): stop keeping it."""
         self.streams.pop(stream_id, None)

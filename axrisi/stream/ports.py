@@ -48,6 +48,10 @@ class EventMirror(Protocol):
         """The registry dropped the stream: the mirror need not keep it any longer."""
         ...
 
+    def wait_written(self, stream_id: int, timeout: float) -> bool:
+        """Block until the stream's terminal event is mirrored (False after ``timeout``)."""
+        ...
+
 
 class RemoteEvents(Protocol):
     """Reads a stream that another worker or instance generates (see :func:`relay_remote`)."""

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "The stream was cancelled because its client left."
 STOPPED_MESSAGE = "The stream was stopped."
+MIRROR_WAIT_SECONDS = 0.5
+"""How long a finished stream's response may wait for its last events to reach the shared
+state (within the relay's ``SETTLE_SECONDS``; a Redis that does not answer costs this once)."""
 
 
 @dataclass(eq=False)
@@ -165,7 +168,11 @@ class StreamRegistry:
         stream.generation.interrupt("cancelled", message)
 
     def _ended(self, stream: Stream) -> None:
-        """The generation wrote the terminal event: ENDED, the end hooks, then SETTLED."""
+        """The generation wrote the terminal event: ENDED, the end hooks, then SETTLED.
+
+        SETTLED waits (briefly) for the mirror too, so that when a client sees its response end,
+        a resume or a DELETE on another instance already finds the whole stream there.
+        """
         self.running.pop(stream.id, None)
         self._stop_grace(stream)
         stream.state = StreamState.ENDED
@@ -178,6 +185,8 @@ class StreamRegistry:
         try:
             if self.on_end is not None:
                 self.on_end(stream, end)
+            if self.mirror is not None:  # a reader elsewhere sees what this client saw
+                self.mirror.wait_written(stream.id, MIRROR_WAIT_SECONDS)
         except Exception:
             log.exception("stream end hook failed")
         finally:

@@ -8,6 +8,7 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream
 
+from .redis_server import RedisServer
 from .servers import Gunicorn
 
 UPSTREAM_KEY = "sk-test-upstream-key-0123456789"
@@ -30,6 +31,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on loopback, one per test module (a skip on a laptop without it, a
+    failure under CI=true)."""
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

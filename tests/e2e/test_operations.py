@@ -9,9 +9,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
 import requests
 
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -49,12 +47,6 @@ def wait_metric(server: Gunicorn, name: str, labels: str, value: float) -> str:
         if metric(text, name, labels) == value or time.monotonic() > deadline:
             return text
         time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 def test_metrics_follow_streams_across_two_workers(upstream: FakeUpstream,

@@ -21,13 +21,6 @@ from .servers import Gunicorn
 from .test_stream import run_body, unique_key
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on loopback for this module."""
-    with RedisServer() as server:
-        yield server
-
-
 def quota_env(upstream: FakeUpstream, redis_url: str | None = None, **extra: str) -> dict:
     env = {"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "k",
            "AXRISI_HEARTBEAT_SECONDS": "0.5", "AXRISI_UPSTREAM_TIMEOUT_SECONDS": "2",

@@ -66,12 +66,6 @@ def env_for(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
     with FaultProxy(redis_server.port) as fault_proxy:
         yield fault_proxy

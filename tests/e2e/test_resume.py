@@ -29,12 +29,6 @@ def env_for(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def local_grace(upstream: FakeUpstream) -> Iterator[Gunicorn]:
     """One worker, no Redis, a 5 s grace before a stream without client is cancelled."""
     with Gunicorn(env_for(upstream)) as server:

@@ -22,12 +22,6 @@ from .test_stream import run_body, unique_key
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def pair(upstream: FakeUpstream, redis_server: RedisServer) -> Iterator[tuple[Gunicorn, Gunicorn]]:
     """Two instances sharing Redis, 5 s of resume grace: closing a connection stops nothing."""
     env = env_for(upstream, REDIS_URL=redis_server.url)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
 import requests
 
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -16,12 +14,6 @@ from .client import SSEConnection, make_token, post_run
 from .redis_server import RedisServer
 from .servers import Gunicorn
 from .test_stream import run_body, unique_key
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 def usage(server: Gunicorn, user: str) -> dict:

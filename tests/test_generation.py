@@ -403,6 +403,7 @@ def test_provider_raising_on_call_still_ends_the_stream() -> None:
 
 def test_silence_past_upstream_timeout_is_upstream_timeout() -> None:
     """An upstream silent past upstream_timeout ends with upstream_timeout and runs finally."""
+    gevent.get_hub().loop.update_now()  # timers count from libev's cached time: refresh it
     started = time.monotonic()
     run = run_to_end(tokens_then_block("a"), upstream_timeout=0.2)
     elapsed = time.monotonic() - started
@@ -512,11 +513,19 @@ def test_wait_returns_at_once_when_ended() -> None:
 def test_wait_wakes_on_append() -> None:
     """wait() blocks until another greenlet appends, then returns True."""
     log = EventLog(1)
-    gevent.spawn_later(0.05, log.append, {"content": "hi"})
-    started = time.monotonic()
+    appended_at: list[float] = []
+
+    def append() -> None:
+        appended_at.append(time.monotonic())
+        log.append({"content": "hi"})
+
+    # Not a lower bound on the elapsed time: libev's timers count from the loop's cached time,
+    # which lags after a stretch without yielding, so spawn_later(0.05) may fire sooner in real
+    # time. What matters: wait() returned after the append, and promptly.
+    gevent.spawn_later(0.05, append)
     assert log.wait(0, Event(), timeout=2) is True
-    elapsed = time.monotonic() - started
-    assert 0.03 <= elapsed < 0.5
+    returned = time.monotonic()
+    assert appended_at and appended_at[0] <= returned < appended_at[0] + 0.5
     assert [parse_frame(f)["data"] for f in log.read(0)] == [{"content": "hi"}]
 
 
@@ -545,6 +554,7 @@ def test_wait_wakes_on_final_event() -> None:
 def test_wait_times_out() -> None:
     """wait() with nothing appended returns False after the timeout."""
     log = EventLog(1)
+    gevent.get_hub().loop.update_now()  # timers count from libev's cached time: refresh it
     started = time.monotonic()
     assert log.wait(0, Event(), timeout=0.1) is False
     elapsed = time.monotonic() - started

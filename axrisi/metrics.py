@@ -84,8 +84,10 @@ def stream_started() -> None:
 
 
 def stream_ended(end: StreamEnd) -> None:
-    """Everything a stream's end tells the metrics, recorded once, off the per-token path."""
-    OPEN_STREAMS.dec()
+    """Everything a stream's end tells the metrics, recorded once, off the per-token path.
+
+    The open-streams gauge goes down last: another worker serving /metrics reads these files
+    while this one writes them, and a scrape that sees the stream gone must see its outcome."""
     STREAMS.labels("client_gone" if end.outcome == "cancelled" else end.outcome).inc()
     STREAM_DURATION.observe(end.ended_at - end.started_at)
     if end.first_content_at is not None:
@@ -96,3 +98,4 @@ def stream_ended(end: StreamEnd) -> None:
     if end.cancel_requested_at is not None:
         CANCELLATIONS.inc()
         CANCELLATION_SECONDS.observe(end.ended_at - end.cancel_requested_at)
+    OPEN_STREAMS.dec()

@@ -178,7 +178,6 @@ class StreamRegistry:
         stream.state = StreamState.ENDED
         stream.end = end = StreamEnd.of(stream.generation, time.monotonic(),
                                         stream.cancel_requested_at)
-        metrics.stream_ended(end)
         self.finished[stream.id] = stream
         self.finished_bytes += stream.log.size
         self._expire()
@@ -190,6 +189,8 @@ class StreamRegistry:
         except Exception:
             log.exception("stream end hook failed")
         finally:
+            # After the hooks: a scrape that sees the stream gone sees its slot back too.
+            metrics.stream_ended(end)
             stream.state = StreamState.SETTLED
             stream.log.wake()
 

@@ -63,6 +63,7 @@ class Settings:
     stream_lease_seconds: float = 60.0
     resume_max_events: int = 10_000
     resume_max_memory_mb: int = 64
+    resume_max_stream_kb: int = 1024
     upstream_transport: str = "lean"
     auth_failure_limit: str = "60/minute"
     openai_fallback_base_url: str | None = None
@@ -124,6 +125,7 @@ class Settings:
             stream_lease_seconds=e.number("AXRISI_STREAM_LEASE_SECONDS", 60.0, low=1.0),
             resume_max_events=e.integer("AXRISI_RESUME_MAX_EVENTS", 10_000, low=10),
             resume_max_memory_mb=e.integer("AXRISI_RESUME_MAX_MEMORY_MB", 64, low=1),
+            resume_max_stream_kb=e.integer("AXRISI_RESUME_MAX_STREAM_KB", 1024, low=16),
             upstream_transport=e.choice("AXRISI_UPSTREAM_TRANSPORT", ("lean", "urllib3"), "lean"),
             auth_failure_limit=e.rate_limit("AXRISI_AUTH_FAILURE_LIMIT", "60/minute"),
             openai_fallback_base_url=e.url("OPENAI_FALLBACK_BASE_URL"),

@@ -292,7 +292,7 @@ class EventMirror:
         gap = first < event_log.base  # the log's cap dropped them before Redis took them
         if gap:
             first = event_log.base
-        frames = event_log.frames[first - event_log.base:][:MAX_FRAMES_PER_WRITE]
+        frames = event_log.read(first, MAX_FRAMES_PER_WRITE)
         end = first + len(frames)
         final = len(frames) if event_log.ended and end == event_log.next_seq else 0
         self._append(keys=[events_key(event_log.stream_id), meta_key(event_log.stream_id)],

@@ -6,8 +6,8 @@ interrupted at once (``AXRISI_RESUME_GRACE_SECONDS`` = 0, the default) or when t
 with nobody back (here or, through Redis, on another instance).
 
 A stream stays resumable while it runs and for ``AXRISI_RESUME_TTL_SECONDS`` after it ends. Memory
-is bounded twice: each log keeps at most ``max_events`` events, and finished streams are dropped
-oldest first when their frames pass ``max_retained_bytes`` in total.
+is bounded twice: each log keeps at most ``max_events`` events and ``max_bytes`` bytes, and
+finished streams are dropped oldest first when their frames pass ``max_retained_bytes`` in total.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Retention:
     ttl_seconds: float = 300.0
     grace_seconds: float = 0.0
     max_events: int = 10_000
+    max_bytes: int = 1024 * 1024
     max_retained_bytes: int = 64 * 1024 * 1024
 
 
@@ -97,11 +98,12 @@ class StreamRegistry:
         command = CATALOG[request.command]
         owner = self.owner_key(user)
         if self.mirror is None:
-            event_log = EventLog(self.ids.next_id(), self.retention.max_events)
+            event_log = EventLog(self.ids.next_id(), self.retention.max_events,
+                                 max_bytes=self.retention.max_bytes)
         else:
             with self.mirror.starting():
                 event_log = EventLog(self.ids.next_id(), self.retention.max_events,
-                                     self.mirror.on_append)
+                                     self.mirror.on_append, self.retention.max_bytes)
                 self.mirror.track(event_log, owner)
         stream_id = event_log.stream_id
         event_log.append({"title": command.title(request), "commandId": stream_id})

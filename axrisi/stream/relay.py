@@ -56,6 +56,7 @@ def _written(chunks: Iterator[bytes], watch: ClientWatch | None) -> Iterator[byt
         return
     for chunk in chunks:
         watch.writing_since = time.monotonic()
+        watch.wrote = True
         yield chunk
         watch.writing_since = None
 
@@ -77,18 +78,19 @@ def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket
     try:
         while True:
             try:
-                frames = event_log.read(position)
+                count, taken = event_log.take(position)
             except EventsDropped:
                 return  # cannot happen to a live follower; a resume checks its id first
             chunk = pending
-            if frames:
-                position += len(frames)
+            if count:
+                position += count
                 event_log.advance(cursor, position)
-                chunk += b"".join(frames)
+                chunk += taken
             if chunk:
                 pending = b""
                 if watch is not None:
                     watch.writing_since = time.monotonic()
+                    watch.wrote = True
                 yield chunk
                 if watch is not None:
                     watch.writing_since = None

@@ -151,12 +151,15 @@ class EventLog:
                 self._space = None
 
     def _trim(self) -> None:
-        """Drop the oldest frames past either cap, always keeping the newest one."""
+        """Drop the oldest frames past either cap, always keeping the newest one and whatever a
+        live follower has not taken yet (``append`` waited for it as far as the caps say)."""
         keep_from = max(0, len(self.starts) - self.max_events)
         end = self._end
         while keep_from < len(self.starts) - 1 and end - self.starts[keep_from] > self.max_bytes:
             keep_from += 1
-        if keep_from == 0:
+        if self._cursors:
+            keep_from = min(keep_from, min(c.position for c in self._cursors) - self.base)
+        if keep_from <= 0:
             return
         new_start = self.starts[keep_from]
         del self.starts[:keep_from]

@@ -59,11 +59,12 @@ accesslog = None
 
 def post_worker_init(worker):
     """Drain on SIGTERM; in development mode, print a token to try the API with (once)."""
-    from axrisi.web import services
+    from axrisi.web import allow_direct_writes, services
     from axrisi.web.lifecycle import watch_worker
 
     app = worker.wsgi
     watch_worker(worker, services(app).lifecycle)
+    allow_direct_writes(app, worker.cfg)
     # What is loaded by now (modules, the SDK and its models, the app) lives as long as the
     # worker: take it out of the cyclic collector's scans, so that a full collection walks only
     # what the streams allocate. Measured (docs/benchmarks.md): the worst full-collection pause

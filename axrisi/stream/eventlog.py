@@ -20,7 +20,8 @@ down to TCP) until the follower catches up or is dropped by the send timeout.
 ``on_append`` lets a mirror (Redis) see every event as it is added.
 
 Followers wait on their own ``gevent.event.Event``: an append sets the events of the followers
-that are waiting, so an idle stream costs no wake-ups at all.
+that are waiting, so an idle stream costs no wake-ups at all; a waiter with a ``push`` method
+(``direct.py``) is offered the frame first, and is not woken when it took it.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class EventLog:
         """Add one event (``final`` marks the terminal one) and wake the followers."""
         if self.ended:
             return
-        if not final and self._cursors and self._full():
+        if not final and self._cursors and self._near_a_cap() and self._full():
             self._wait_for_space()
         seq = self.next_seq
         frame = sse.event(f"{self.stream_id}-{seq}", data, name)
@@ -114,7 +115,11 @@ class EventLog:
             self._trim()
         if self.on_append is not None:
             self.on_append(self, seq, frame, final)
-        self.wake()
+        for waiter in self._waiters:
+            # A follower idle at this event may send it itself (``direct.py``): then it sleeps on.
+            push = None if final else getattr(waiter, "push", None)
+            if push is None or not push(seq, frame):
+                waiter.set()
 
     def follow(self, position: int) -> Cursor:
         """Register a live follower at ``position``."""
@@ -133,6 +138,11 @@ class EventLog:
         self._cursors.remove(cursor)
         if self._space is not None:
             self._space.set()
+
+    def _near_a_cap(self) -> bool:
+        """Cheap first check, per append: while the whole log is under both caps, no follower
+        can be a cap behind."""
+        return len(self.starts) >= self.max_events or self.size >= self.max_bytes
 
     def _full(self) -> bool:
         """True while the slowest live follower is a cap's worth behind (events or bytes)."""

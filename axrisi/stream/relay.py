@@ -28,6 +28,7 @@ from gevent.event import Event
 
 from . import sse
 from .clientwatch import ClientWatch
+from .direct import DirectFollower, Framing
 from .eventlog import EventsDropped
 from .ports import RemoteEvents, StreamLost
 from .registry import Stream, StreamRegistry
@@ -63,20 +64,28 @@ def _written(chunks: Iterator[bytes], watch: ClientWatch | None) -> Iterator[byt
 
 def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket: Any,
           heartbeat: float, send_timeout: float,
-          on_close: Callable[[], None] | None = None) -> Iterator[bytes]:
+          on_close: Callable[[], None] | None = None,
+          framing: Framing | None = None) -> Iterator[bytes]:
     """Yield a local stream's SSE bytes from ``position`` until its terminal event.
 
     One generator, not a chain of them: it runs once per token per stream, and every generator
-    level costs a resumption per token and C stack that the greenlet saves while it waits.
+    level costs a resumption per token and C stack that the greenlet saves while it waits. With
+    a ``framing``, the generation sends events itself while this one sleeps (``direct.py``).
     """
     registry.attach(stream)
     event_log = stream.log
     watch = _start_watch(client_socket, send_timeout)
-    waiter = Event()
     cursor = event_log.follow(position)
+    direct = DirectFollower(client_socket, framing, watch, cursor) if framing else None
+    waiter = direct or Event()
     pending = OPENING
     try:
         while True:
+            if direct is not None:
+                direct.idle = False
+                position = cursor.position  # moved on by what the generation sent itself
+                if direct.pending:
+                    _send_rest(client_socket, direct, watch)
             try:
                 count, taken = event_log.take(position)
             except EventsDropped:
@@ -97,15 +106,29 @@ def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket
             if event_log.finished_at(position):
                 _await_settled(stream, waiter)
                 return
+            if direct is not None:
+                direct.idle = True
             if not event_log.wait(position, waiter, heartbeat):
                 pending = sse.PING
     finally:
+        if direct is not None:
+            direct.idle = False
         event_log.unfollow(cursor)
         if watch is not None:
             watch.stop()
         registry.detach(stream)
         if on_close is not None:
             on_close()
+
+
+def _send_rest(client_socket: Any, direct: DirectFollower, watch: ClientWatch | None) -> None:
+    """Send what the socket did not take of a frame the generation sent (already framed)."""
+    rest, direct.pending = direct.pending, b""
+    if watch is not None:
+        watch.writing_since = time.monotonic()
+    client_socket.sendall(rest)
+    if watch is not None:
+        watch.writing_since = None
 
 
 def _await_settled(stream: Stream, waiter: Event) -> None:

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from typing import cast
+from dataclasses import replace
+from typing import Any, cast
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -20,7 +21,7 @@ from .lifecycle import Lifecycle
 from .loginguard import LoginGuard
 from .services import KEY, Services, services
 
-__all__ = ["Services", "install", "services"]
+__all__ = ["Services", "allow_direct_writes", "install", "services"]
 
 
 def install(app: Flask, settings: Settings, registry: StreamRegistry,
@@ -55,3 +56,13 @@ def install(app: Flask, settings: Settings, registry: StreamRegistry,
     cors.init_app(app, settings)  # the browser side: CORS for /api/*, the demo page at /
     app.register_blueprint(demo.bp)
     cli.init_app(app)
+
+
+def allow_direct_writes(app: Flask, cfg: Any) -> None:
+    """Let the engine write events straight to clients' sockets (``stream/direct.py``) when this
+    gunicorn worker serves plain HTTP/1.x: not TLS, HTTP/2 or the uwsgi protocol, whose bytes on
+    the wire are not the body's. Called by the worker at start (``gunicorn.conf.py``)."""
+    plain = (not cfg.is_ssl and getattr(cfg, "protocol", "http") == "http"
+             and "h2" not in (getattr(cfg, "http_protocols", None) or ()))
+    if plain:
+        app.extensions[KEY] = replace(services(app), direct_writes=True)

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from ..commands import public_catalog
 from ..shared.events import CannotTell, PastTheEnd, RedisEvents
 from ..shared.store import OUTAGE_ERRORS
+from ..stream.direct import framing_of
 from ..stream.registry import Stream
 from ..stream.relay import relay, relay_remote
 from ..users import user_key
@@ -79,7 +80,8 @@ def run() -> Response:
     return _stream_response(relay(registry, stream, 0, request.environ.get("gunicorn.socket"),
                                   heartbeat=settings.heartbeat_seconds,
                                   send_timeout=settings.send_timeout_seconds,
-                                  on_close=_log_at_close(stream)))
+                                  on_close=_log_at_close(stream),
+                                  framing=framing_of(request.environ, found.direct_writes)))
 
 
 @bp.get("/api/streams/<stream_id>")
@@ -138,12 +140,14 @@ def _resume_local(stream: Stream, position: int) -> Response:
     _check_position(position, event_log.base, event_log.next_seq)
     if event_log.finished_at(position):
         return Response(status=204)
-    settings = services().settings
-    return _stream_response(relay(services().registry, stream, position,
+    found = services()
+    settings = found.settings
+    return _stream_response(relay(found.registry, stream, position,
                                   request.environ.get("gunicorn.socket"),
                                   heartbeat=settings.heartbeat_seconds,
                                   send_timeout=settings.send_timeout_seconds,
-                                  on_close=_log_at_close(stream)))
+                                  on_close=_log_at_close(stream),
+                                  framing=framing_of(request.environ, found.direct_writes)))
 
 
 def _resume_remote(events: RedisEvents, number: int, owner: str, position: int) -> Response:

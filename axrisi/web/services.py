@@ -29,6 +29,9 @@ class Services:
     lifecycle: Lifecycle
     shared: SharedState | None
     login_guard: LoginGuard
+    direct_writes: bool = False
+    """The engine may write events straight to clients' sockets (``stream/direct.py``): set
+    by :func:`axrisi.web.allow_direct_writes` when gunicorn serves plain HTTP/1.x."""
 
 
 def services(app: Flask | None = None) -> Services:

@@ -15,6 +15,8 @@ export declare const DEFAULT_RETRY_MS: number;
 export declare const MAX_RETRY_DELAY_MS: number;
 /** How often `keepAlive` calls `chrome.runtime.getPlatformInfo()`, in milliseconds (25000). */
 export declare const KEEPALIVE_INTERVAL_MS: number;
+/** The prefix of the `chrome.storage.session` keys of running streams (`"axrisi-stream:"`). */
+export declare const STREAM_KEY_PREFIX: string;
 
 // ---- Server-Sent Events ------------------------------------------------------------------------
 
@@ -254,11 +256,18 @@ export interface StreamOptions {
   onReconnect?: ((info: ReconnectInfo) => void) | undefined;
 }
 
-/** Options of {@link streamCommand} and {@link StreamProcessor.run}: the stream's and callbacks. */
-export interface StreamCommandOptions extends StreamOptions {
-  /** The first event's title. */
-  onTitle?: ((title: string, payload: TitlePayload) => void) | undefined;
-  /** Each content event: the piece, and the whole content so far. */
+/**
+ * The options of {@link StreamOptions} a resumed stream takes too: how to reach the service, and
+ * how to follow the connection.
+ */
+export type ConnectionOptions = Omit<StreamOptions, "command" | "text" | "title" | "language" | "instruction">;
+
+/**
+ * The options {@link streamCommand} adds to {@link StreamOptions} that a resumed stream takes too:
+ * the callbacks but `onTitle`, and `persist`.
+ */
+export interface CommandOptions {
+  /** Each content event: the piece, and the whole content so far (from before a stop too). */
   onContent?: ((piece: string, content: string, payload: ContentPayload) => void) | undefined;
   /** The terminal `done` event. */
   onDone?: ((payload: DonePayload, result: StreamResult) => void) | undefined;
@@ -266,7 +275,68 @@ export interface StreamCommandOptions extends StreamOptions {
   onError?: ((error: AxrisiError) => void) | undefined;
   /** Every raw event, before the other callbacks. */
   onEvent?: ((event: SSEEvent) => void) | undefined;
+  /**
+   * Keep the running stream in `chrome.storage.session` (its id, last event id, title and content
+   * so far, `command`, `baseUrl`, `tag`; never the text, the token or the headers) so that
+   * {@link resumePending} can take it up after the extension's service worker was stopped; the
+   * entry is removed when the call settles. Default: on in an extension's service worker (and for
+   * a resumed stream), off elsewhere; `true` wherever `chrome.storage.session` exists.
+   */
+  persist?: boolean | undefined;
 }
+
+/** Options of {@link streamCommand} and {@link StreamProcessor.run}: the stream's and callbacks. */
+export interface StreamCommandOptions extends StreamOptions, CommandOptions {
+  /** The first event's title. */
+  onTitle?: ((title: string, payload: TitlePayload) => void) | undefined;
+  /**
+   * Any JSON value kept with the stream's `chrome.storage.session` entry (see `persist`), for the
+   * caller to know the stream again in {@link resumePending}: a job id, a tab id.
+   */
+  tag?: unknown;
+}
+
+/**
+ * Options of one stream taken up by {@link resumePending}: {@link StreamCommandOptions} without
+ * what starts a stream and without `onTitle` (the title came before the stop; it is the pending
+ * stream's `title`). `baseUrl` defaults to the stream's; `persist` to on.
+ */
+export interface ResumeOptions extends ConnectionOptions, CommandOptions {}
+
+/**
+ * A stream kept in `chrome.storage.session` that has not ended. `title`, `content` and
+ * `commandId` are what had arrived up to `lastEventId`, the id its resume continues from.
+ */
+export interface PendingStream {
+  streamId: string;
+  lastEventId: string;
+  /** The service's origin it runs on. */
+  baseUrl: string;
+  /** The command it runs (`"summarize"`, ...). */
+  command: CommandName;
+  title: string;
+  content: string;
+  commandId: number | null;
+  /** The `tag` given to {@link streamCommand}, or `null`. */
+  tag: unknown;
+  /** When it started (`Date.now()`). */
+  startedAt: number;
+  /** When its last kept event arrived (`Date.now()`). */
+  updatedAt: number;
+}
+
+/** A stream {@link resumePending} took up. */
+export interface ResumedStream {
+  /** What was kept of it. */
+  stream: PendingStream;
+  /** Settles as {@link streamCommand}'s promise does, with the whole title and content. */
+  result: Promise<StreamResult>;
+}
+
+/** What {@link resumePending} takes: the same options for every stream, or a function of each. */
+export type ResumeChooser =
+  | ResumeOptions
+  | ((stream: PendingStream) => ResumeOptions | null | undefined | Promise<ResumeOptions | null | undefined>);
 
 /** The result of a stream that ended with `done`. */
 export interface StreamResult {
@@ -294,6 +364,20 @@ export declare function streamEvents(options: StreamOptions): AsyncGenerator<SSE
  * with the signal's reason.
  */
 export declare function streamCommand(options: StreamCommandOptions): Promise<StreamResult>;
+
+/**
+ * Every stream kept in `chrome.storage.session` that has not ended, oldest first (those running
+ * in this context included); `[]` without `chrome.storage.session`.
+ */
+export declare function pendingStreams(): Promise<PendingStream[]>;
+
+/**
+ * Take up every kept stream that has not ended and is not running in this context (call it when
+ * an extension's service worker starts): each goes on from its last kept event, every event
+ * once, with the options given (or returned for it; `null` forgets it). Each entry is removed
+ * when its resume settles. The `result` promises never count as unhandled rejections.
+ */
+export declare function resumePending(options: ResumeChooser): Promise<ResumedStream[]>;
 
 /** Options of {@link StreamProcessor}. */
 export interface StreamProcessorOptions {

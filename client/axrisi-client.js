@@ -14,6 +14,13 @@
 // Server-Sent Events, each `id: <streamId>-<n>` and one `data:` line of JSON: a title event, content
 // events, then exactly one terminal event (`{"done": true}` or `event: error`). A connection that
 // drops before the terminal event is resumed with `GET /api/streams/<streamId>` and `Last-Event-ID`.
+//
+// In an MV3 extension, Chrome may stop the service worker mid-stream (and its fetch with it). There
+// `streamCommand` keeps each running stream's id, last event id and what arrived so far in
+// `chrome.storage.session`, and `resumePending` takes up every stream that has not ended when the
+// worker starts again:
+//
+//   resumePending((stream) => ({ token, onContent: (piece, content) => { ... } }));
 
 /** The reconnection delay when the server sent no `retry:` field, in milliseconds. */
 export const DEFAULT_RETRY_MS = 1000;
@@ -21,6 +28,8 @@ export const DEFAULT_RETRY_MS = 1000;
 export const MAX_RETRY_DELAY_MS = 30000;
 /** How often `keepAlive` calls `chrome.runtime.getPlatformInfo()`, in milliseconds. */
 export const KEEPALIVE_INTERVAL_MS = 25000;
+/** The prefix of the `chrome.storage.session` keys of running streams (`persist`). */
+export const STREAM_KEY_PREFIX = "axrisi-stream:";
 
 const LF = 10;
 const CR = 13;
@@ -314,11 +323,22 @@ export class AxrisiError extends Error {
  *   console.log(event.id, event.event, JSON.parse(event.data));
  * }
  */
-export async function* streamEvents(options) {
-  const opts = normalize(options);
+export function streamEvents(options) {
+  return events(options, null);
+}
+
+/**
+ * {@link streamEvents}, or with `from` the rest of a known stream: the first request is then a
+ * resume after `from.lastEventId` (and `command`, `text` are not needed).
+ * @param {StreamOptions|ResumeOptions} options
+ * @param {PendingStream|null} from
+ * @returns {AsyncGenerator<SSEEvent, void, undefined>}
+ */
+async function* events(options, from) {
+  const opts = normalize(options, from);
   const controller = new AbortController();
   const userSignal = opts.signal;
-  let lastId = "";
+  let lastId = from ? from.lastEventId : "";
   let ended = false;
   const onUserAbort = () => {
     controller.abort(userSignal?.reason);
@@ -329,10 +349,10 @@ export async function* streamEvents(options) {
     userSignal.addEventListener("abort", onUserAbort, { once: true });
   }
   const stopKeepAlive = startKeepAlive(opts.keepAlive);
-  let lastSeq = -1;
+  let lastSeq = sequenceOf(lastId) ?? -1;
   let retryMs = DEFAULT_RETRY_MS;
   let failures = 0;
-  let resumed = false;
+  let resumed = Boolean(from);
   try {
     for (;;) {
       let progressed = false;
@@ -420,14 +440,58 @@ export async function* streamEvents(options) {
  */
 
 /**
- * Options of {@link streamCommand}: {@link StreamOptions} and callbacks.
+ * Options of {@link streamCommand}: {@link StreamOptions}, callbacks, and persistence.
+ *
+ * `persist`: keep the running stream in `chrome.storage.session` (its id, last event id, title and
+ * content so far, `command`, `baseUrl` and `tag`; never the text, the token or the headers), so
+ * that {@link resumePending} can take it up after the extension's service worker was stopped.
+ * The entry is removed when the call settles (done, error, abort). Default: on in an extension's
+ * service worker where `chrome.storage.session` exists, off elsewhere; `true` turns it on wherever
+ * `chrome.storage.session` exists (an extension page, say). `tag` is any JSON value kept with
+ * the entry, for the caller to know the stream again (a job id, a tab id).
  * @typedef {StreamOptions & {
  *   onTitle?: (title: string, payload: Record<string, unknown>) => void,
  *   onContent?: (piece: string, content: string, payload: Record<string, unknown>) => void,
  *   onDone?: (payload: Record<string, unknown>, result: StreamResult) => void,
  *   onError?: (error: AxrisiError) => void,
  *   onEvent?: (event: SSEEvent) => void,
+ *   persist?: boolean,
+ *   tag?: unknown,
  * }} StreamCommandOptions
+ */
+
+/**
+ * Options of {@link resumePending} for one stream: those of {@link streamCommand} without what
+ * starts a stream, and without `onTitle` (the title came before the stop: it is the pending
+ * stream's `title`). `baseUrl` defaults to the stream's. `persist` defaults to on, so that a stream
+ * survives a second stop too.
+ * @typedef {Omit<StreamCommandOptions,
+ *   "command"|"text"|"title"|"language"|"instruction"|"tag"|"onTitle">} ResumeOptions
+ */
+
+/**
+ * A stream kept in `chrome.storage.session` that has not ended, as {@link pendingStreams} lists it.
+ * `title`, `content` and `commandId` are what had arrived up to `lastEventId`, the id a resume
+ * continues from.
+ * @typedef {object} PendingStream
+ * @property {string} streamId
+ * @property {string} lastEventId
+ * @property {string} baseUrl
+ * @property {string} command
+ * @property {string} title
+ * @property {string} content
+ * @property {number|null} commandId
+ * @property {unknown} tag  The `tag` given to {@link streamCommand}, or `null`.
+ * @property {number} startedAt  When the stream started (`Date.now()`).
+ * @property {number} updatedAt  When its last kept event arrived.
+ */
+
+/**
+ * A stream {@link resumePending} took up.
+ * @typedef {object} ResumedStream
+ * @property {PendingStream} stream  What was kept of it.
+ * @property {Promise<StreamResult>} result  Settles as {@link streamCommand}'s promise does, with
+ *   the whole title and content (from before the stop too).
  */
 
 /**
@@ -451,9 +515,103 @@ export async function* streamEvents(options) {
  *   onError: (e) => show(e.code, e.error),
  * });
  */
-export async function streamCommand(options) {
+export function streamCommand(options) {
+  return runCommand(options, null);
+}
+
+/**
+ * Every stream kept in `chrome.storage.session` that has not ended (see `persist`), oldest
+ * first, those running in this context included; `[]` where there is no `chrome.storage.session`.
+ * @returns {Promise<PendingStream[]>}
+ */
+export async function pendingStreams() {
+  const area = sessionArea();
+  if (!area) return [];
+  const items = await area.get(null);
+  /** @type {PendingStream[]} */
+  const streams = [];
+  for (const [key, value] of Object.entries(items || {})) {
+    if (key.startsWith(STREAM_KEY_PREFIX) && isPendingStream(value)
+        && key === STREAM_KEY_PREFIX + value.streamId) streams.push(value);
+  }
+  return streams.sort((a, b) => a.startedAt - b.startedAt);
+}
+
+/**
+ * Take up every kept stream that has not ended and is not running in this context: call this
+ * when an extension's service worker starts (at its top level), and the streams that were
+ * running when Chrome stopped it go on from their last kept event, each event once.
+ *
+ * `options` are the callbacks and connection options for each stream, or a function of the
+ * {@link PendingStream} that returns them (it may be async): there the caller shows what had
+ * arrived (`stream.title`, `stream.content`) and routes the rest by `stream.tag`. Returning `null`
+ * forgets that stream (its entry is removed; with no reader the service ends it after its resume
+ * grace). `onContent`'s second argument and the result's `content` include the content from
+ * before the stop. Each stream's entry is removed when its resume settles, so none is taken up
+ * twice; a stream whose events the service no longer keeps ends with `onError` (`not_found`).
+ *
+ * The service must keep a stream going while no client reads it for as long as the worker is
+ * down: `AXRISI_RESUME_GRACE_SECONDS` above 0 (else the stream ends `cancelled` at the stop).
+ *
+ * @param {ResumeOptions|((stream: PendingStream) =>
+ *   ResumeOptions|null|undefined|Promise<ResumeOptions|null|undefined>)} options
+ * @returns {Promise<ResumedStream[]>}  The streams taken up; their `result` promises never count
+ *   as unhandled rejections (errors also go to `onError`).
+ * @example
+ * // service-worker.js, at the top level:
+ * resumePending((stream) => ({
+ *   token: getToken, signal: controller.signal,
+ *   onContent: (piece, content) => show(stream.tag, content),
+ *   onDone: () => finished(stream.tag),
+ * }));
+ */
+export async function resumePending(options) {
+  const claimed = (await pendingStreams()).filter((stream) => !running.has(stream.streamId));
+  for (const stream of claimed) running.add(stream.streamId); // Before any await: no race.
+  /** @type {ResumedStream[]} */
+  const resumed = [];
+  let next = 0;
+  try {
+    for (; next < claimed.length; next++) {
+      const stream = claimed[next];
+      const chosen = typeof options === "function" ? await options(stream) : options;
+      if (!chosen) {
+        // Removed before the claim goes, so that no other call takes it meanwhile.
+        await sessionArea()?.remove(STREAM_KEY_PREFIX + stream.streamId).catch(() => {});
+        running.delete(stream.streamId);
+        continue;
+      }
+      const result = runCommand(chosen, stream);
+      result.catch(() => {}); // Handled by the caller, or through onError.
+      resumed.push({ stream, result });
+    }
+  } finally {
+    // A function that threw leaves the streams it did not take up for a later call.
+    for (const stream of claimed.slice(next)) running.delete(stream.streamId);
+  }
+  return resumed;
+}
+
+/**
+ * {@link streamCommand}, or with `from` the rest of a kept stream.
+ * @param {StreamCommandOptions|ResumeOptions} options
+ * @param {PendingStream|null} from
+ * @returns {Promise<StreamResult>}
+ */
+async function runCommand(options, from) {
+  const fresh = from ? null : /** @type {StreamCommandOptions} */ (options);
   /** @type {StreamResult} */
-  const result = { title: "", content: "", done: null, commandId: null };
+  const result = from
+    ? { title: from.title, content: from.content, done: null, commandId: from.commandId }
+    : { title: "", content: "", done: null, commandId: null };
+  let streamId = from ? from.streamId : "";
+  const area = from || persistWanted(options.persist) ? sessionArea() : null;
+  const record = area && new StreamRecord(area, options.persist !== false, from ?? {
+    baseUrl: baseUrlOf(options, null),
+    command: String(fresh?.command ?? ""),
+    tag: fresh?.tag ?? null,
+    startedAt: Date.now(),
+  }, from ? from.streamId : "");
   /**
    * @param {unknown} error
    * @returns {never}
@@ -466,7 +624,7 @@ export async function streamCommand(options) {
     throw error;
   };
   try {
-    for await (const event of streamEvents(options)) {
+    for await (const event of events(options, from)) {
       if (typeof options.onEvent === "function") options.onEvent(event);
       const payload = parseData(event);
       if (payload && typeof payload.commandId === "number") result.commandId = payload.commandId;
@@ -478,26 +636,42 @@ export async function streamCommand(options) {
           commandId: result.commandId, // Taken from this payload above when it has one.
         }));
       }
-      if (event.event !== "message" || !payload) continue;
-      if (typeof payload.title === "string") {
-        result.title = payload.title;
-        if (typeof options.onTitle === "function") options.onTitle(payload.title, payload);
-      }
-      if (typeof payload.content === "string") {
-        result.content += payload.content;
-        if (typeof options.onContent === "function") {
-          options.onContent(payload.content, result.content, payload);
+      if (event.event === "message" && payload) {
+        if (typeof payload.title === "string") {
+          result.title = payload.title;
+          if (typeof fresh?.onTitle === "function") fresh.onTitle(payload.title, payload);
+        }
+        if (typeof payload.content === "string") {
+          result.content += payload.content;
+          if (typeof options.onContent === "function") {
+            options.onContent(payload.content, result.content, payload);
+          }
+        }
+        if (payload.done === true) {
+          result.done = payload;
+          if (typeof options.onDone === "function") options.onDone(payload, result);
+          return result;
         }
       }
-      if (payload.done === true) {
-        result.done = payload;
-        if (typeof options.onDone === "function") options.onDone(payload, result);
-        return result;
+      // Not the terminal event: keep where the stream is, for a worker that is stopped now.
+      // A stopped worker whose terminal event arrived but whose entry was not removed yet
+      // resumes before that event and gets it again (the entry never holds a terminal id).
+      const id = streamOf(event.id);
+      if (id && !streamId) {
+        streamId = id;
+        running.add(id);
+      }
+      if (record && id === streamId) {
+        record.save({ streamId, lastEventId: event.id, title: result.title,
+          content: result.content, commandId: result.commandId });
       }
     }
   } catch (error) {
     if (error instanceof AxrisiError && error.partial === null) fail(error);
     throw error;
+  } finally {
+    if (streamId) running.delete(streamId);
+    if (record) await record.remove(); // Ended, one way or another: nothing to resume.
   }
   return fail(new AxrisiError({ code: "network_error", error: "The stream ended without its last event." }));
 }
@@ -596,19 +770,33 @@ export function streamOf(eventId) {
 
 // ---------------------------------------------------------------------------------------------
 
-/** @typedef {StreamOptions & {baseUrl: string, fetch: typeof fetch, maxRetries: number}} Options */
+/**
+ * @typedef {(StreamOptions|ResumeOptions) & {baseUrl: string, fetch: typeof fetch, maxRetries: number}}
+ *   Options
+ */
 
 /**
- * @param {StreamOptions} options
+ * @param {StreamOptions|ResumeOptions} options
+ * @param {PendingStream|null} from
  * @returns {Options}
  */
-function normalize(options) {
+function normalize(options, from) {
   if (!options || typeof options !== "object") throw new TypeError("streamEvents needs an options object.");
-  const baseUrl = String(options.baseUrl ?? globalThis.location?.origin ?? "").replace(/\/+$/, "");
+  const baseUrl = baseUrlOf(options, from);
   const fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
   const retries = options.maxRetries;
   const maxRetries = typeof retries === "number" && Number.isFinite(retries) ? Math.max(0, retries) : 3;
   return { ...options, baseUrl, fetch: fetchImpl, maxRetries };
+}
+
+/**
+ * @param {StreamOptions|ResumeOptions} options
+ * @param {PendingStream|null} from
+ * @returns {string}
+ */
+function baseUrlOf(options, from) {
+  const base = options.baseUrl ?? from?.baseUrl ?? globalThis.location?.origin ?? "";
+  return String(base).replace(/\/+$/, "");
 }
 
 /**
@@ -626,10 +814,12 @@ async function tokenOf(opts) {
  * @returns {Promise<Response>}
  */
 async function start(opts, signal) {
+  const what = /** @type {StreamOptions} */ (opts); // Only a stream without `from` starts here.
   /** @type {Record<string, string>} */
-  const body = { command: opts.command, text: opts.text };
+  const body = { command: what.command, text: what.text };
   for (const name of /** @type {const} */ (["title", "language", "instruction"])) {
-    if (opts[name] !== undefined && opts[name] !== null && opts[name] !== "") body[name] = opts[name];
+    const value = what[name];
+    if (value !== undefined && value !== null && value !== "") body[name] = value;
   }
   const response = await request(opts, `${opts.baseUrl}/api/run`, {
     method: "POST",
@@ -878,4 +1068,121 @@ function startKeepAlive(option) {
     }
   }, interval);
   return () => clearInterval(timer);
+}
+
+// ---- Streams kept in chrome.storage.session ------------------------------------------------------
+
+/**
+ * The ids of the streams running in this context (started here, or taken up by resumePending):
+ * resumePending leaves them alone.
+ * @type {Set<string>}
+ */
+const running = new Set();
+
+/**
+ * The subset of `chrome.storage.session` used here.
+ * @typedef {{get: (keys: null) => Promise<Record<string, unknown>>,
+ *   set: (items: Record<string, unknown>) => Promise<void>,
+ *   remove: (keys: string) => Promise<void>}} SessionArea
+ */
+
+/** @returns {SessionArea|null} */
+function sessionArea() {
+  try {
+    const area = globalThis.chrome?.storage?.session;
+    if (area && typeof area.get === "function" && typeof area.set === "function"
+        && typeof area.remove === "function") return area;
+  } catch {
+    // The extension context is gone.
+  }
+  return null;
+}
+
+/**
+ * @param {boolean|undefined} option
+ * @returns {boolean}
+ */
+function persistWanted(option) {
+  return option === undefined ? inExtensionServiceWorker() : Boolean(option);
+}
+
+/**
+ * @param {unknown} value
+ * @returns {value is PendingStream}
+ */
+function isPendingStream(value) {
+  if (!value || typeof value !== "object") return false;
+  const s = /** @type {Record<string, unknown>} */ (value);
+  return typeof s.streamId === "string" && s.streamId !== ""
+    && typeof s.lastEventId === "string" && streamOf(s.lastEventId) === s.streamId
+    && sequenceOf(s.lastEventId) !== null
+    && typeof s.baseUrl === "string" && typeof s.command === "string"
+    && typeof s.title === "string" && typeof s.content === "string"
+    && (s.commandId === null || typeof s.commandId === "number")
+    && typeof s.startedAt === "number" && typeof s.updatedAt === "number";
+}
+
+/**
+ * One stream's entry in `chrome.storage.session`. Each `save` writes the whole entry (id, last
+ * event id and content together, so they always agree); one write is in flight at a time and
+ * the latest state waits behind it, so a fast stream costs a write per storage round trip, not
+ * per event. A write that fails (quota, a closing context) is skipped: the entry is a best effort.
+ */
+class StreamRecord {
+  /**
+   * @param {SessionArea} area
+   * @param {boolean} saving  False: only remove an entry kept before (a resume with persist off).
+   * @param {{baseUrl: string, command: string, tag: unknown, startedAt: number}} base
+   * @param {string} streamId  The id of an entry kept before, or `""`.
+   */
+  constructor(area, saving, base, streamId) {
+    this.area = area;
+    this.saving = saving;
+    this.base = { baseUrl: base.baseUrl, command: base.command, tag: base.tag ?? null,
+      startedAt: base.startedAt };
+    this.key = streamId ? STREAM_KEY_PREFIX + streamId : "";
+    /** @type {PendingStream|null} */
+    this.next = null;
+    /** @type {Promise<void>|null} */
+    this.flushing = null;
+    this.closed = false;
+  }
+
+  /**
+   * @param {{streamId: string, lastEventId: string, title: string, content: string,
+   *   commandId: number|null}} state
+   */
+  save(state) {
+    if (this.closed || !this.saving) return;
+    this.key = STREAM_KEY_PREFIX + state.streamId;
+    this.next = { ...this.base, ...state, updatedAt: Date.now() };
+    if (!this.flushing) this.flushing = this.flush();
+  }
+
+  /** @returns {Promise<void>} */
+  async flush() {
+    while (this.next) {
+      const entry = this.next;
+      this.next = null;
+      try {
+        await this.area.set({ [STREAM_KEY_PREFIX + entry.streamId]: entry });
+      } catch {
+        // Skipped; the next save tries again.
+      }
+    }
+    this.flushing = null;
+  }
+
+  /** Remove the entry, after a write in flight (which would otherwise bring it back). */
+  async remove() {
+    this.closed = true;
+    this.next = null;
+    if (this.flushing) await this.flushing;
+    if (!this.key) return;
+    try {
+      await this.area.remove(this.key);
+    } catch {
+      // The context is going away; session storage goes with the browser session anyway.
+    }
+  }
 }

@@ -11,8 +11,11 @@ import {
   KEEPALIVE_INTERVAL_MS,
   MAX_RETRY_DELAY_MS,
   SSEParser,
+  STREAM_KEY_PREFIX,
   StreamProcessor,
   isTerminal,
+  pendingStreams,
+  resumePending,
   streamCommand,
   streamEvents,
   streamOf,
@@ -22,13 +25,19 @@ import type {
   AxrisiErrorDetails,
   ClientErrorCode,
   CommandName,
+  CommandOptions,
+  ConnectionOptions,
   ContentPayload,
   DonePayload,
   ErrorPayload,
   HttpErrorCode,
   OpenInfo,
   PartialResult,
+  PendingStream,
   ReconnectInfo,
+  ResumeChooser,
+  ResumedStream,
+  ResumeOptions,
   SSEEvent,
   SSEParserHooks,
   StreamCommandOptions,
@@ -101,6 +110,22 @@ type Surface = {
   isTerminalResult: ReturnType<typeof isTerminal>;
   streamOfArg: Parameters<typeof streamOf>[0];
   streamOfResult: ReturnType<typeof streamOf>;
+  STREAM_KEY_PREFIX: typeof STREAM_KEY_PREFIX;
+  persist: StreamCommandOptions["persist"];
+  tag: StreamCommandOptions["tag"];
+  pendingStreamsResult: Awaited<ReturnType<typeof pendingStreams>>;
+  pendingStream: PendingStream;
+  pendingTag: PendingStream["tag"];
+  pendingCommandId: PendingStream["commandId"];
+  resumePendingArg: Parameters<typeof resumePending>[0];
+  resumePendingResult: Awaited<ReturnType<typeof resumePending>>;
+  resumedResult: Awaited<ResumedStream["result"]>;
+  resumeOptions: ResumeOptions;
+  resumeToken: ResumeOptions["token"];
+  resumeOnContent: ResumeOptions["onContent"];
+  resumeOnError: ResumeOptions["onError"];
+  connectionOptions: ConnectionOptions;
+  commandOptions: CommandOptions;
 };
 type AnyInSurface = { [K in keyof Surface]: IsAny<Surface[K]> extends true ? K : never }[keyof Surface];
 export const noAnyInSurface: Expect<Equal<AnyInSurface, never>> = true;
@@ -115,6 +140,12 @@ export type PreciseTypes = [
   Expect<Equal<DonePayload["anything"], unknown>>,
   Expect<Equal<DonePayload["done"], true>>,
   Expect<Equal<Usage["promptTokens"], number>>,
+  Expect<Equal<Awaited<ReturnType<typeof pendingStreams>>, PendingStream[]>>,
+  Expect<Equal<Awaited<ReturnType<typeof resumePending>>, ResumedStream[]>>,
+  Expect<Equal<ResumedStream["result"], Promise<StreamResult>>>,
+  Expect<Equal<Parameters<typeof resumePending>[0], ResumeChooser>>,
+  Expect<Equal<PendingStream["tag"], unknown>>,
+  Expect<Equal<ResumeOptions["baseUrl"], string | undefined>>,
 ];
 
 // ---- The parser -----------------------------------------------------------------------------
@@ -291,4 +322,53 @@ export function helpers(): [string, boolean, number[]] {
   // @ts-expect-error isTerminal wants a whole event
   void isTerminal({ data: "{}" });
   return [streamId, terminal, delays];
+}
+
+// ---- Streams kept across a stopped extension service worker ------------------------------------
+
+declare function show(tag: unknown, title: string, content: string): void;
+
+export async function survive(controller: AbortController): Promise<string[]> {
+  const job = { id: "job-1" };
+  // Persisted explicitly, with a tag to know it again.
+  const first: Promise<StreamResult> = streamCommand({
+    token, command: "summarize", text: "x", persist: true, tag: job,
+  });
+  void first;
+  const kept: PendingStream[] = await pendingStreams();
+  const keys: string[] = kept.map((stream) => `${STREAM_KEY_PREFIX}${stream.streamId}`);
+  const resumed: ResumedStream[] = await resumePending((stream: PendingStream) => {
+    if (Date.now() - stream.updatedAt > 300_000) return null; // Expired on the service: forget it.
+    show(stream.tag, stream.title, stream.content);
+    const options: ResumeOptions = {
+      token: async () => token,
+      signal: controller.signal,
+      onContent: (piece: string, content: string, payload: ContentPayload) => {
+        show(stream.tag, stream.title, content);
+        void [piece.length, payload.commandId];
+      },
+      onDone: (payload: DonePayload, result: StreamResult) => void [payload.finishReason, result.content],
+      onError: (error: AxrisiError) => void error.code,
+    };
+    return options;
+  });
+  for (const { stream, result } of resumed) {
+    const id: string = stream.lastEventId;
+    const whole: StreamResult = await result;
+    void [id, whole.content];
+  }
+  // The same options for every stream, from an async function too.
+  const chooser: ResumeChooser = async () => ({ token, persist: false });
+  await resumePending(chooser);
+  await resumePending({ token, baseUrl: "https://axrisi.example" });
+  // @ts-expect-error a resume needs the token (it is never kept)
+  await resumePending({ onContent: (piece: string) => void piece });
+  // @ts-expect-error a resumed stream does not start anything: no text
+  await resumePending({ token, text: "x" });
+  // @ts-expect-error nor a title callback: the title is the pending stream's
+  await resumePending({ token, onTitle: (title: string) => void title });
+  // @ts-expect-error the tag is unknown until checked
+  const tagged: { id: string } = kept[0]?.tag;
+  void tagged;
+  return keys;
 }

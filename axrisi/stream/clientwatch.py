@@ -15,7 +15,12 @@ hub, with no greenlet of their own (a greenlet per stream would cost memory at 1
   acknowledged + its window) moves only when its application reads. Bytes keep reaching the
   client's kernel, the edge stays put: nobody reads them. ``send_timeout`` of that, with at least
   ``STALL_BYTES`` unread, drops the client; a blocked write for ``send_timeout`` still does too
-  (a socket that is not TCP, a kernel without ``tcpi_snd_wnd``).
+  (a socket that is not TCP, a kernel without ``tcpi_snd_wnd``). The client's kernel also widens
+  its window as data arrives, up to its receive buffer, which moves the edge with nobody reading:
+  the clock starts once that room is used (about a second at 40 KB/s on Linux's defaults). The
+  window itself, which only closes while nobody reads, would tell sooner, but sampled every tick
+  it cannot tell a slow reader (whose reads open it in steps) from a stopped one, and a slow
+  reader is served at its pace (back pressure), never dropped.
 
 The client socket's send buffer is capped at ``SEND_BUFFER_BYTES`` too, so that what the kernel
 holds for one stalled client is bounded by us, not by ``tcp_wmem``.

@@ -20,6 +20,7 @@ from ..stream.registry import Stream, StreamRegistry
 from .lifecycle import Lifecycle
 from .loginguard import LoginGuard
 from .services import KEY, Services, services
+from .tokencache import VerifiedTokens
 
 __all__ = ["Services", "allow_direct_writes", "install", "services"]
 
@@ -41,7 +42,8 @@ def install(app: Flask, settings: Settings, registry: StreamRegistry,
     registry.on_end = stream_ended
     guard = LoginGuard(settings.auth_failure_limit, store, settings.web_concurrency)
     app.extensions[KEY] = Services(settings, registry, limits_,
-                                    Lifecycle(registry, settings.max_streams), shared, guard)
+                                    Lifecycle(registry, settings.max_streams), shared, guard,
+                                    VerifiedTokens(enabled=not settings.jwt_jwks_url))
     if settings.trusted_proxies:  # believe that many hops of X-Forwarded-For, no more
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]  # werkzeug's documented way
     requestlog.init_app(app)

@@ -3,10 +3,12 @@ in ``app.extensions`` (built by :func:`axrisi.web.install`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from flask import Flask, current_app
+
+from .tokencache import VerifiedTokens
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -29,6 +31,8 @@ class Services:
     lifecycle: Lifecycle
     shared: SharedState | None
     login_guard: LoginGuard
+    verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
+    """Tokens this worker verified a moment ago (``tokencache.py``; off with a JWKS)."""
     direct_writes: bool = False
     """The engine may write events straight to clients' sockets (``stream/direct.py``): set
     by :func:`axrisi.web.allow_direct_writes` when gunicorn serves plain HTTP/1.x."""

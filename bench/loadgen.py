@@ -23,7 +23,18 @@ Scenarios (``--scenario``; the runner passes a JSON plan with ``--plan``):
 * ``cancel``: ``--streams`` streams opened over ``--stagger`` seconds, each closed abruptly by
   the client, half after ``--close-after`` tokens and half before the first token (the upstream
   is told to stay silent); the close times go out by tag for the runner to match with the
-  upstream's.
+  upstream's;
+* ``closed_loop``: ``users`` closed-loop users (each with its own JWT from ``user_tokens``), each
+  sending its next ``POST /api/run`` as soon as its previous answer ended: on a new connection,
+  or with ``keepalive`` on the same one (a new one when the server closed it); answer sizes and
+  rates fixed or drawn per user from a seeded generator; a ``window`` of CPU per token and per
+  request, latency, time to first byte/token (the runner's ``turnover``, ``real``, ``requests``);
+* ``held``: ``streams`` streams that each get a whole answer quickly and then stay open (the
+  upstream's ``hold=``): memory of a stream whose events are kept for resume;
+* ``stalled``: ``streams`` clients that read for ``read_for`` seconds and then stop reading
+  while the upstream keeps sending big tokens (``pad=``); per stream, the time from the stall
+  to the upstream seeing its connection closed (polled from the upstream's ``/_bench/closes``),
+  and the worker's memory and the kernel's TCP memory before, at the peak, and after.
 
 Output: one JSON document on stdout; progress on stderr. Every scenario has a hard deadline
 (``--deadline``), after which everything is closed and the partial result printed.
@@ -45,6 +56,7 @@ import re
 import resource
 import sys
 import time
+import urllib.request
 
 import sample
 
@@ -107,7 +119,8 @@ class Client(asyncio.Protocol):
         "gen", "tag", "request", "transport", "state", "head", "chunked", "left", "skip",
         "cbuf", "sbuf", "status", "t_start", "t_first", "t_token", "t_last", "t_close",
         "t_end", "tokens", "error", "code", "done", "complete", "closed", "close_after",
-        "close_delay", "mode", "ended_by",
+        "close_delay", "mode", "ended_by", "events", "t_done", "keepalive", "conn_close",
+        "reused", "finished", "read_for", "t_pause",
     )
 
     def __init__(self, gen: LoadGen, tag: str, request: bytes) -> None:
@@ -139,6 +152,14 @@ class Client(asyncio.Protocol):
         self.close_delay: float | None = None
         self.mode = ""
         self.ended_by = ""
+        self.events = 0  # SSE events that carried tokens (a relay may batch several in one)
+        self.t_done = 0  # when the terminal chunk arrived
+        self.keepalive = False  # keep the connection for the next request after the answer
+        self.conn_close = False  # the server said "Connection: close"
+        self.reused = False  # sent on a connection an earlier answer came on
+        self.finished: asyncio.Future | None = None  # resolved at the answer's end or close
+        self.read_for: float | None = None  # stop reading this long after the first byte
+        self.t_pause = 0
 
     # asyncio callbacks
 
@@ -152,6 +173,10 @@ class Client(asyncio.Protocol):
         now = _ns()
         if not self.t_first:
             self.t_first = now
+            if self.read_for is not None:
+                self.gen.loop.call_later(self.read_for, self.stall)
+        if self.state == DONE:
+            return
         if self.state == HEAD:
             data = self._head(data)
             if not data:
@@ -170,9 +195,14 @@ class Client(asyncio.Protocol):
         self.closed = True
         self.t_end = _ns()
         if not self.complete and not self.t_close:
-            self.ended_by = "server_closed" if exc is None else f"reset: {exc}"
-            if self.error is None and not self.done:
-                self.error = "closed early"
+            if self.reused and not self.t_first:
+                # The server closed the kept-alive connection as the request went out: not an
+                # answer that broke, a connection to open again (the user retries).
+                self.ended_by = "keepalive_closed"
+            else:
+                self.ended_by = "server_closed" if exc is None else f"reset: {exc}"
+                if self.error is None and not self.done:
+                    self.error = "closed early"
         self.gen.on_closed(self)
 
     # parsing
@@ -190,6 +220,7 @@ class Client(asyncio.Protocol):
             self.status = -1
         lower = head.lower()
         self.chunked = b"transfer-encoding: chunked" in lower
+        self.conn_close = b"connection: close" in lower
         self.state = BODY
         if self.status != 200:
             self.error = f"http {self.status}"
@@ -236,8 +267,10 @@ class Client(asyncio.Protocol):
         if out:
             self._sse(out[0] if len(out) == 1 else b"".join(out), now)
         if self.complete:
+            self.t_done = now
             self.gen.on_complete(self)
-            self.close()
+            if not self.keepalive or self.conn_close:
+                self.close()
 
     def _sse(self, data: bytes, now: int) -> None:
         buf = self.sbuf + data if self.sbuf else data
@@ -256,6 +289,7 @@ class Client(asyncio.Protocol):
                     stamps = _STAMP.findall(line)
                     if stamps:
                         tokens += len(stamps)
+                        self.events += 1
                         self.gen.on_stamps(stamps, now)
                     elif b'"done"' in line or line.endswith(b"[DONE]"):
                         self.done = True
@@ -272,6 +306,37 @@ class Client(asyncio.Protocol):
             self.tokens += tokens
             if self.close_after is not None and self.tokens >= self.close_after:
                 self.abrupt_close()
+
+    # keep-alive, stalling
+
+    def reusable(self) -> bool:
+        """Whether the next request may go on this connection (its answer ended, it is open)."""
+        return (self.complete and not self.closed and not self.conn_close
+                and self.transport is not None and not self.transport.is_closing())
+
+    def adopt(self, prev: Client) -> None:
+        """Send this request on ``prev``'s kept-alive connection, as a browser would."""
+        transport = prev.transport
+        assert transport is not None
+        prev.transport = None
+        prev.closed = True
+        self.gen.open_clients.discard(prev)
+        self.reused = True
+        self.t_start = _ns()
+        self.gen.open_clients.add(self)
+        transport.set_protocol(self)
+        self.connection_made(transport)
+
+    def stall(self) -> None:
+        """The reader stops reading for good (a slow phone, a frozen tab): bytes pile up."""
+        if self.closed or self.transport is None or self.complete:
+            return
+        self.t_pause = _ns()
+        self.transport.pause_reading()
+
+    def resolve(self) -> None:
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_result(None)
 
     # closing
 
@@ -319,6 +384,7 @@ class LoadGen:
         self._waiters: list[tuple[asyncio.Future, object]] = []
         self._tasks: set[asyncio.Task] = set()
         self.settle_cores: float | None = None
+        self.reconnects = 0
 
     # callbacks from clients
 
@@ -333,9 +399,11 @@ class LoadGen:
 
     def on_complete(self, client: Client) -> None:
         self.completed += 1
+        client.resolve()
 
     def on_closed(self, client: Client) -> None:
         self.open_clients.discard(client)
+        client.resolve()
         self._check_waiters()
 
     def _check_waiters(self) -> None:
@@ -358,8 +426,9 @@ class LoadGen:
 
     # requests
 
-    def request(self, tag: str, rate: float, tokens: int, first: float = 0.0) -> bytes:
-        words = f"bench tag={tag} rate={rate:g} tokens={tokens} first={first:g}"
+    def request(self, tag: str, rate: float, tokens: int, first: float = 0.0,
+                token: str | None = None, extra: str = "") -> bytes:
+        words = f"bench tag={tag} rate={rate:g} tokens={tokens} first={first:g} {extra}"
         host = f"{self.host}:{self.port}"
         if self.kind == "upstream":
             body = json.dumps({"model": "bench-model", "stream": True,
@@ -371,12 +440,13 @@ class LoadGen:
             path = "/api/run"
         raw = body.encode()
         return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
-                f"Authorization: Bearer {self.token}\r\n"
+                f"Authorization: Bearer {token or self.token}\r\n"
                 f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
                 f"Content-Length: {len(raw)}\r\n\r\n").encode() + raw
 
-    def new_client(self, tag: str, rate: float, tokens: int, first: float = 0.0) -> Client:
-        client = Client(self, tag, self.request(tag, rate, tokens, first))
+    def new_client(self, tag: str, rate: float, tokens: int, first: float = 0.0,
+                   token: str | None = None, extra: str = "") -> Client:
+        client = Client(self, tag, self.request(tag, rate, tokens, first, token, extra))
         self.clients.append(client)
         return client
 
@@ -674,10 +744,289 @@ class LoadGen:
             **_streams_summary(clients),
         }
 
+    # closed-loop users: turnover, real, requests
+
+    def shapes(self, users: int):
+        """Each user's answer sizes and rates: fixed, or drawn from ``[low, high]`` by a
+        generator seeded per user, so that every target gets the same sequence per user
+        whatever the timing (a faster target only goes further along it)."""
+        p = self.plan
+        tokens, rate = p.get("tokens", 200), p.get("rate", 50)
+        rngs = [random.Random(f"{p.get('seed', 1)}-{u}") for u in range(users)]
+
+        def shape(u: int) -> tuple[int, float]:
+            rng = rngs[u]
+            n = rng.randint(*tokens) if isinstance(tokens, list) else int(tokens)
+            r = round(rng.uniform(*rate), 1) if isinstance(rate, list) else float(rate)
+            return n, r
+        return shape
+
+    async def user(self, u: int, token: str, shape, delay: float, stop_at: float,
+                   keepalive: bool) -> None:
+        """One closed-loop user: a stream, and the next one as soon as it ends, until
+        ``stop_at``. With ``keepalive`` the next request goes on the same connection; when the
+        server closed it (or said it would), on a new one, and a request that a closing
+        connection swallowed is sent again."""
+        await asyncio.sleep(delay)
+        prev: Client | None = None
+        n = 0
+        while self.loop.time() < stop_at:
+            tokens, rate = shape(u)
+            while True:
+                client = self.new_client(f"{self.run_id}-u{u}-{n}", rate, tokens, token=token)
+                client.keepalive = keepalive
+                client.finished = self.loop.create_future()
+                if prev is not None and prev.reusable():
+                    client.adopt(prev)
+                else:
+                    await self.connect(client)
+                await client.finished
+                prev = client
+                if client.ended_by != "keepalive_closed":
+                    break
+                self.reconnects += 1
+            if client.error:
+                await asyncio.sleep(0.1)  # a refusing target is not hammered in a tight loop
+            n += 1
+        if prev is not None:
+            prev.close()
+
+    async def scenario_closed_loop(self) -> dict:
+        p = self.plan
+        users = int(p.get("users", 200))
+        stagger, warmup = float(p.get("stagger", 4)), float(p.get("warmup", 5))
+        window_s = float(p.get("window", 15))
+        keys = p.get("user_tokens") or [self.token]
+        shape = self.shapes(users)
+        stop_at = self.loop.time() + stagger + warmup + window_s
+        self.reconnects = 0
+        tasks = [self.loop.create_task(self.user(u, keys[u % len(keys)], shape,
+                                                 stagger * u / users, stop_at,
+                                                 bool(p.get("keepalive"))))
+                 for u in range(users)]
+        await asyncio.sleep(stagger + warmup)
+        before, w0 = self.snap(), _ns()
+        self.window, self.lag, self.lag_recording = Window(), [], True
+        await asyncio.sleep(window_s)
+        window, self.window, self.lag_recording = self.window, None, False
+        w1, after = _ns(), self.snap()
+        # No new stream starts after the window; the ones under way end (bounded: a target
+        # that queues new requests for seconds before their first byte gets that much more).
+        longest = max(self.plan_max("tokens") / self.plan_min("rate"), 1.0) + 30.0
+        _, pending = await asyncio.wait(tasks, timeout=longest)
+        if pending:
+            self.close_all()
+            await asyncio.wait(pending, timeout=5)
+        result = self.window_figures(before, after, window, w0, w1)
+        result.update(users=users, all_finished=not pending, reconnects=self.reconnects,
+                      keepalive=bool(p.get("keepalive")))
+        result["disturbed"] = disturbed(result)
+        return result
+
+    def plan_max(self, key: str) -> float:
+        v = self.plan.get(key, 1)
+        return float(max(v) if isinstance(v, list) else v)
+
+    def plan_min(self, key: str) -> float:
+        v = self.plan.get(key, 1)
+        return float(min(v) if isinstance(v, list) else v)
+
+    def window_figures(self, before: dict, after: dict, window: Window, w0: int,
+                       w1: int) -> dict:
+        """What one window of closed-loop users measured (see bench/README.md)."""
+        clients = [c for c in self.clients if c.ended_by != "keepalive_closed"]
+        started = [c for c in clients if w0 <= c.t_start < w1]
+        done = [c for c in clients if c.complete and w0 <= c.t_done < w1]
+        elapsed = after["t"] - before["t"]
+        cpu = _cpu_delta(before, after, self.plan.get("server_cpu"))
+        mean_tokens = sum(c.tokens for c in done) / len(done) if done else None
+        events = sum(c.events for c in done)
+        out = {
+            "window_s": elapsed, "tokens_in_window": window.tokens,
+            "delivered_tps": window.tokens / elapsed if elapsed > 0 else None,
+            "latency": summarize_ns(window.lat), "loop_lag": summarize_ns(sorted(self.lag)),
+            "started_in_window": len(started), "completed_in_window": len(done),
+            "reused_connection_in_window": sum(1 for c in started if c.reused),
+            "requests_per_s": len(done) / elapsed if elapsed > 0 else None,
+            "request_ms": summarize_ns([c.t_done - c.t_start for c in done]),
+            "ttfb": summarize_ns([c.t_first - c.t_start for c in started if c.t_first]),
+            "ttft": summarize_ns([c.t_token - c.t_start for c in started if c.t_token]),
+            "mean_tokens_per_request": mean_tokens,
+            "tokens_per_event": sum(c.tokens for c in done) / events if events else None,
+            "server_pss_kb": _get_in(after, "server", "pss_kb"),
+            "cpu": cpu, "run": _streams_summary(clients),
+        }
+        out["errors"] = out["run"]["errors"]
+        cpu_s = cpu.get("server_cpu_s")
+        if cpu_s is not None and window.tokens:
+            out["server_cpu_us_per_token"] = cpu_s / window.tokens * 1e6
+            if mean_tokens:
+                out["server_cpu_ms_per_request_equiv"] = \
+                    out["server_cpu_us_per_token"] * mean_tokens / 1e3
+        if cpu_s is not None and done:
+            out["server_cpu_ms_per_request"] = cpu_s / len(done) * 1e3
+        return out
+
+    # a stream that holds its answer
+
+    async def scenario_held(self) -> dict:
+        p = self.plan
+        n, tokens = int(p.get("streams", 2000)), int(p.get("tokens", 500))
+        rate, hold = float(p.get("rate", 100)), float(p.get("hold", 900))
+        idle = self.snap()
+        clients = [self.new_client(f"{self.run_id}-held-{i}", rate, tokens,
+                                   extra=f"hold={hold:g}") for i in range(n)]
+        t0 = time.monotonic()
+        opened = await self.open_answering(clients, tokens, int(p.get("answering", 60)),
+                                           float(p.get("answer_age", 30)),
+                                           float(p.get("open_timeout", 150)))
+        opened_s = time.monotonic() - t0
+        answer_by = time.monotonic() + float(p.get("answer_wait", 20))
+        while time.monotonic() < answer_by and any(
+                c.tokens < tokens and not c.closed for c in clients[:opened]):
+            await asyncio.sleep(0.2)
+        answered_s = time.monotonic() - t0
+        await asyncio.sleep(float(p.get("settle", 3)))
+        settle_s = await self.settle_server(0.9, float(p.get("settle_max", 20)))
+        snap = self.snap()
+        open_ = [c for c in clients[:opened] if not c.closed]
+        whole = [c for c in open_ if c.tokens >= tokens and c.error is None]
+        events = sum(c.events for c in whole)
+        result = {
+            "idle": idle, "snapshot": snap, "requested": n, "opened": opened, "open": len(open_),
+            "whole_answer": len(whole), "open_s": opened_s, "answered_s": answered_s,
+            "settle_s": settle_s, "server_cores_at_check": self.settle_cores,
+            "tokens_per_stream": tokens, "rate": rate,
+            "tokens_per_event": sum(c.tokens for c in whole) / events if events else None,
+            "errors": _count(c.error for c in clients if c.error),
+            "codes": _count(c.code for c in clients if c.code),
+            "connect_errors": dict(self.connect_errors),
+        }
+        pss, idle_pss = _get_in(snap, "server", "pss_kb"), _get_in(idle, "server", "pss_kb")
+        if pss is not None and idle_pss is not None and open_:
+            result["pss_growth_kb_per_stream"] = (pss - idle_pss) / len(open_)
+        self.close_all()
+        await self.wait_all_closed(10)
+        return result
+
+    async def open_answering(self, clients: list[Client], tokens: int, answering: int,
+                             age: float, timeout: float) -> int:
+        """Open the clients one by one, no more than ``answering`` of them receiving their
+        answer at once, so that the relay reads each token on its own (one event per token, as
+        at a model's pace) instead of batching an overload; a stream younger than ``age``
+        without its whole answer counts as receiving. How many were opened by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        live: list[Client] = []
+        for i, client in enumerate(clients):
+            while True:
+                cutoff = _ns() - int(age * 1e9)
+                live = [c for c in live if c.tokens < tokens and not c.closed
+                        and (not c.t_start or c.t_start > cutoff)]  # 0: connecting
+                if len(live) < answering or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.02)
+            if time.monotonic() >= deadline:
+                log(f"held: open timeout after {i} of {len(clients)} streams")
+                return i
+            live.append(client)
+            task = self.loop.create_task(self.connect(client))
+            task.add_done_callback(self._tasks.discard)
+            self._tasks.add(task)
+        return len(clients)
+
+    # readers slower than the model
+
+    async def scenario_stalled(self) -> dict:
+        p = self.plan
+        n, rate, pad = int(p.get("streams", 200)), float(p.get("rate", 40)), int(p.get("pad", 1000))
+        read_for, stagger = float(p.get("read_for", 1)), float(p.get("stagger", 2))
+        limit = float(p.get("drop_deadline", 60))
+        tokens = int(rate * (stagger + read_for + limit + 30))  # still sending at the deadline
+        before = self.memory_snap()
+        clients = [self.new_client(f"{self.run_id}-stall-{i}", rate, tokens, extra=f"pad={pad}")
+                   for i in range(n)]
+        for c in clients:
+            c.read_for = read_for
+        await self.start_paced(clients, stagger)
+        peak, closes = await self.watch_drops(clients, stagger + read_for + 10, limit, before)
+        drops, never = [], 0
+        for c in clients:
+            if not c.t_pause:
+                continue
+            t_up = closes.get(c.tag)
+            if t_up is None or t_up - c.t_pause > limit * 1e9:
+                never += 1
+            else:
+                drops.append(t_up - c.t_pause)
+        self.close_all()  # the readers go away for good
+        await self.wait_all_closed(10)
+        await asyncio.sleep(float(p.get("after", 5)))
+        after = self.memory_snap()
+        return {
+            "streams": n, "rate": rate, "pad": pad, "pad_bytes_per_s": rate * pad,
+            "stalled": sum(1 for c in clients if c.t_pause), "drop_deadline_s": limit,
+            "drop_ms": summarize_ns(drops), "never_dropped": never,
+            "before": before, "peak": peak, "after": after,
+            "errors": _count(c.error for c in clients if c.error and not c.t_close),
+            "codes": _count(c.code for c in clients if c.code),
+        }
+
+    async def watch_drops(self, clients: list[Client], pause_wait: float, limit: float,
+                          first: dict) -> tuple[dict, dict]:
+        """Sample memory each second until every stalled stream's upstream connection closed,
+        or ``limit`` seconds after the last stall; the peak figures and the upstream's closes."""
+        keys = ("worker_pss_kb", "tree_pss_kb", "tcp_mem_kb")
+        peak = {key: first.get(key) for key in keys}
+        closes: dict = {}
+        t0 = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            snap = self.memory_snap()
+            for key in keys:  # each figure's own highest sample
+                if (snap.get(key) or 0) > (peak.get(key) or 0):
+                    peak[key] = snap[key]
+            closes = await self.upstream_closes()
+            stalled = [c for c in clients if c.t_pause]
+            waiting = [c for c in clients if not c.t_pause and not c.closed]
+            if waiting and time.monotonic() - t0 < pause_wait:
+                continue
+            if all(c.tag in closes for c in stalled):
+                return peak, closes
+            last = max((c.t_pause for c in stalled), default=_ns())
+            if _ns() - last > limit * 1e9:
+                return peak, closes
+
+    def memory_snap(self) -> dict:
+        """The worker's PSS and the kernel's TCP memory (/proc/net/sockstat), now."""
+        snap = self.snap()
+        root = int(self.sample_pid) if self.sample_pid else 0
+        worker = sample.worker_of(snap["server"], root) if "server" in snap else None
+        return {"t": snap["t"], "worker_pid": worker.get("pid") if worker else None,
+                "worker_pss_kb": worker.get("pss_kb") if worker else None,
+                "tree_pss_kb": _get_in(snap, "server", "pss_kb"),
+                "tcp_mem_kb": sample.tcp_mem_kb()}
+
+    async def upstream_closes(self) -> dict:
+        """The upstream's close records by tag (``GET /_bench/closes``), or {} if unreachable."""
+        port = self.plan.get("upstream_port")
+        if not port:
+            return {}
+        url = f"http://{self.host}:{port}/_bench/closes"
+
+        def fetch() -> dict:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.loads(response.read()).get("closes", {})
+        try:
+            return await self.loop.run_in_executor(None, fetch)
+        except (OSError, ValueError):
+            return {}
+
     async def run(self) -> dict:
         scenario = self.plan.get("scenario", "steady")
         runner = {"steady": self.scenario_steady, "ramp": self.scenario_ramp,
-                  "hold": self.scenario_hold, "cancel": self.scenario_cancel}[scenario]
+                  "hold": self.scenario_hold, "cancel": self.scenario_cancel,
+                  "closed_loop": self.scenario_closed_loop, "held": self.scenario_held,
+                  "stalled": self.scenario_stalled}[scenario]
         monitor = self.loop.create_task(self.lag_monitor())
         t0 = time.monotonic()
         try:
@@ -701,6 +1050,14 @@ def _step_ok(step: dict, limit_ms: float) -> bool:
     delivered = step["delivered_tps"] or 0
     return (p99 is not None and p99 <= limit_ms and delivered >= 0.9 * step["offered_tps"]
             and not step["errors"])
+
+
+def _get_in(d: dict, *path):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
 
 
 def _own_cpu() -> float:
@@ -802,7 +1159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=("service", "naive", "upstream"), default="service")
     parser.add_argument("--secret", help="JWT_SECRET_KEY of the server, to mint a token")
     parser.add_argument("--token", help="a bearer token to send as is")
-    parser.add_argument("--scenario", choices=("steady", "ramp", "hold", "cancel"),
+    parser.add_argument("--scenario", choices=("steady", "ramp", "hold", "cancel",
+                                                "closed_loop", "held", "stalled"),
                         default="steady")
     parser.add_argument("--streams", type=int)
     parser.add_argument("--rate", type=float)

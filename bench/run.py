@@ -72,6 +72,17 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 FULL = {
+    "turnover": {"users": 200, "tokens": 200, "rate": 50, "stagger": 4, "warmup": 6,
+                 "window": 15, "retries": 1, "deadline": 90},
+    "real": {"users": 200, "tokens": [100, 500], "rate": [30, 80], "seed": 13, "stagger": 4,
+             "warmup": 8, "window": 15, "retries": 1, "deadline": 100},
+    "requests": {"users": 4, "tokens": 1, "rate": 50, "keepalive": True, "stagger": 0.1,
+                 "warmup": 2, "window": 10, "retries": 1, "deadline": 60},
+    "held": {"streams": 2000, "tokens": 500, "rate": 100, "answering": 80, "hold": 900,
+             "open_timeout": 150, "answer_age": 30, "answer_wait": 20, "settle": 3,
+             "settle_max": 20, "deadline": 300},
+    "stalled": {"streams": 200, "rate": 40, "pad": 1000, "read_for": 1, "stagger": 2,
+                "drop_deadline": 60, "after": 5, "send_timeout": 3, "deadline": 150},
     "hold": {"plateaus": [1000, 5000, 10000], "rate": 0.2, "open_rate": 500, "settle": 3,
              "plateau_timeout": 60, "answer_wait": 15, "max_inflight": 200, "inflight_age": 1.0,
              "settle_cpu": 0.9, "settle_max": 30, "deadline": 400},
@@ -87,6 +98,17 @@ FULL = {
                "silent_first": 120, "close_timeout": 30, "settle": 3, "deadline": 90},
 }
 QUICK = {
+    "turnover": {"users": 200, "tokens": 200, "rate": 50, "stagger": 2, "warmup": 2,
+                 "window": 3, "retries": 0, "deadline": 60},
+    "real": {"users": 200, "tokens": [100, 500], "rate": [30, 80], "seed": 13, "stagger": 2,
+             "warmup": 2, "window": 3, "retries": 0, "deadline": 70},
+    "requests": {"users": 4, "tokens": 1, "rate": 50, "keepalive": True, "stagger": 0.1,
+                 "warmup": 1, "window": 2, "retries": 0, "deadline": 45},
+    "held": {"streams": 200, "tokens": 500, "rate": 100, "answering": 80, "hold": 120,
+             "open_timeout": 30, "answer_age": 30, "answer_wait": 10, "settle": 1,
+             "settle_max": 5, "deadline": 80},
+    "stalled": {"streams": 50, "rate": 40, "pad": 1000, "read_for": 1, "stagger": 1,
+                "drop_deadline": 20, "after": 3, "send_timeout": 3, "deadline": 60},
     "hold": {"plateaus": [100, 300], "rate": 2.0, "open_rate": 300, "settle": 0.5,
              "plateau_timeout": 8, "answer_wait": 3, "settle_max": 3, "deadline": 40},
     "cpu": {"streams": 50, "rate": 20, "stagger": 0.5, "warmup": 1, "window": 2,
@@ -98,7 +120,10 @@ QUICK = {
     "cancel": {"streams": 100, "stagger": 2, "rate": 20, "close_after": 3,
                "silent_first": 60, "close_timeout": 10, "settle": 1.5, "deadline": 30},
 }
-SCENARIOS = ("hold", "cpu", "latency", "ramp", "cancel")
+# The headline first (issue 13: what users do), then the long-lived streams of issue 7;
+# ``stalled`` last, since it fills the kernel's socket buffers for a while.
+SCENARIOS = ("turnover", "real", "requests", "hold", "held", "cpu", "latency", "ramp", "cancel",
+             "stalled")
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,9 +244,10 @@ class Server:
                 "PORT": str(self.port),
                 "WEB_CONCURRENCY": "1",
                 "AXRISI_MAX_STREAMS": "20000",
-                # One bench user opens every stream: per-user limits far above the load, so
-                # that they refuse nothing but every stream still takes and gives back its
-                # open-stream slot (counted, with the leak check reading the slots gauge).
+                # Per-user limits far above the load (one bench user opens every stream, or
+                # in the closed-loop scenarios one JWT per user), so that they refuse nothing
+                # but every stream still takes and gives back its open-stream slot (counted,
+                # with the leak check reading the slots gauge).
                 "AXRISI_MAX_STREAMS_PER_USER": "1000000",
                 "AXRISI_RATE_LIMIT": "1000000000/minute",
                 "LOG_LEVEL": "warning",
@@ -357,7 +383,15 @@ class Bench:
         self.service_dir = Path(args.service_dir).resolve() if args.service_dir else ROOT
         self.upstream = Upstream(self.log_dir, self.harness_cpu)
         self.token = mint_token(self.secret)
+        self._user_tokens: list[str] = []
         self.quiet_before = 0.0
+
+    def user_tokens(self, users: int) -> list[str]:
+        """One JWT per closed-loop user (distinct ``sub``, same secret), minted once per run."""
+        while len(self._user_tokens) < users:
+            user = f"bench-user-{len(self._user_tokens)}"
+            self._user_tokens.append(mint_token(self.secret, user))
+        return self._user_tokens[:users]
 
     def plan(self, server: Server, scenario: str, **extra) -> dict:
         return {"port": server.port, "kind": server.kind, "token": self.token,
@@ -386,11 +420,12 @@ class Bench:
                 return foreign
             log(f"waiting for a quieter machine (other processes use {foreign:.2f} cores)")
 
-    def start_server(self, target: str, label: str) -> Server:
+    def start_server(self, target: str, label: str, env: dict[str, str] | None = None) -> Server:
         self.upstream.reset()
         self.quiet_before = self.wait_quiet()
         server = Server(target, self.upstream, self.secret, self.log_dir, self.server_cpu,
-                        self.extra_env, label, self.service_dir, self.baseline_env).start()
+                        {**(env or {}), **self.extra_env}, label, self.service_dir,
+                        self.baseline_env).start()
         # Warm-up: import paths, the SDK client, first-use caches; then let it settle.
         warm = run_loadgen(self.plan(server, "steady", streams=20, rate=100, stagger=0.2,
                                      warmup=0.1, window=0.1, deadline=30),
@@ -400,14 +435,14 @@ class Bench:
         time.sleep(0.5)
         return server
 
-    def each_target(self, index: int, label: str, fn) -> dict:
+    def each_target(self, index: int, label: str, fn, env: dict[str, str] | None = None) -> dict:
         order = TARGETS if index % 2 == 0 else TARGETS[::-1]
         out = {}
         for target in order:
             log(f"{label}: {target}")
             server = None
             try:
-                server = self.start_server(target, label)
+                server = self.start_server(target, label, env)
                 out[target] = fn(server)
                 out[target]["foreign_cores_before"] = round(self.quiet_before, 2)
             except Exception as error:  # a failed scenario is reported, the run goes on
@@ -432,16 +467,23 @@ class Bench:
         result["upstream_after"] = self.upstream.stats()
         return result
 
-    def steady(self, name: str):
+    def steady(self, name: str, scenario: str = "steady"):
+        """A measuring window, measured again (bounded) when the machine disturbed it."""
         def fn(server: Server) -> dict:
             size = self.sizes[name]
+            extra = {}
+            if scenario == "closed_loop":
+                extra["user_tokens"] = self.user_tokens(int(size["users"]))
             attempts = []
             for attempt in range(int(size.get("retries", 2)) + 1):
                 if attempt:
                     log(f"{name}: {server.target}: window disturbed "
                         f"({attempts[-1].get('disturbed')}); again")
-                attempts.append(run_loadgen(self.plan(server, "steady", **size),
+                sent = self.upstream.stats()["tokens_sent"]
+                attempts.append(run_loadgen(self.plan(server, scenario, **size, **extra),
                                             self.harness_cpu, size["deadline"] + 60))
+                # What the upstream sent meanwhile, to check against what the clients counted.
+                attempts[-1]["upstream_tokens_sent"] = self.upstream.stats()["tokens_sent"] - sent
                 if not attempts[-1].get("disturbed"):
                     break
             result = min(attempts, key=lambda a: (bool(a.get("disturbed")),
@@ -516,6 +558,21 @@ class Bench:
             self.upstream.reset()
             server.stop()
 
+    def held(self, server: Server) -> dict:
+        size = self.sizes["held"]
+        result = run_loadgen(self.plan(server, "held", **size), self.harness_cpu,
+                             size["deadline"] + 60)
+        result["upstream_after"] = self.upstream.stats()
+        return result
+
+    def stalled(self, server: Server) -> dict:
+        """Readers that stop reading; the upstream's close records tell when each was dropped."""
+        size = self.sizes["stalled"]
+        result = run_loadgen(self.plan(server, "stalled", upstream_port=self.upstream.port,
+                                       **size), self.harness_cpu, size["deadline"] + 60)
+        result["upstream_after"] = self.upstream.stats()
+        return result
+
     def cancel(self, server: Server) -> dict:
         size = self.sizes["cancel"]
         worker = server.worker_pid()
@@ -576,14 +633,24 @@ class Bench:
                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         chosen = [s for s in SCENARIOS if not self.args.only or s in self.args.only]
         fns = {"hold": self.hold, "cpu": self.steady("cpu"), "latency": self.steady("latency"),
-               "ramp": self.ramp, "cancel": self.cancel}
+               "ramp": self.ramp, "cancel": self.cancel,
+               "turnover": self.steady("turnover", "closed_loop"),
+               "real": self.steady("real", "closed_loop"),
+               "requests": self.steady("requests", "closed_loop"),
+               "held": self.held, "stalled": self.stalled}
+        envs = {"stalled": {"AXRISI_SEND_TIMEOUT_SECONDS":
+                            f"{self.sizes['stalled']['send_timeout']:g}"},
+                # A held stream's upstream is silent after its answer, on purpose: the
+                # service's upstream read timeout (60 s by default) must not end it meanwhile.
+                "held": {"AXRISI_UPSTREAM_TIMEOUT_SECONDS":
+                         f"{self.sizes['held']['hold'] + 60:g}"}}
         t0 = time.monotonic()
         try:
             if not self.args.no_floor:
                 log("floor: the load generator straight against the upstream")
                 results["floor"] = self.floor()
             for index, name in enumerate(chosen):
-                results[name] = self.each_target(index, name, fns[name])
+                results[name] = self.each_target(index, name, fns[name], envs.get(name))
             if self.args.profile:
                 results["profile"] = self.profile(_get(results, "ramp", "service", "max_tps"))
         finally:
@@ -618,11 +685,11 @@ def percentile(sorted_values: list, q: float):
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def mint_token(secret: str) -> str:
+def mint_token(secret: str, user: str = "bench") -> str:
     import jwt
 
     now = int(time.time())
-    return jwt.encode({"sub": "bench", "iat": now, "nbf": now, "exp": now + 6 * 3600,
+    return jwt.encode({"sub": user, "iat": now, "nbf": now, "exp": now + 6 * 3600,
                        "jti": secrets.token_hex(8), "type": "access", "fresh": False},
                       secret, algorithm="HS256")
 
@@ -772,6 +839,11 @@ def table(results: dict) -> list[dict]:
                      "note": note, "raw": {"service": svc if svc != math.inf else "inf",
                                            "baseline": base if base != math.inf else "inf"}})
 
+    for name in ("turnover", "real"):
+        if results.get(name):
+            _closed_loop_rows(row, results, name)
+    if results.get("requests"):
+        _requests_rows(row, results)
     hold = results.get("hold")
     if hold:
         for n in hold_sizes[:2] if len(hold_sizes) > 2 else hold_sizes:
@@ -793,6 +865,8 @@ def table(results: dict) -> list[dict]:
             target=f">= {last:,}" if last >= 10000 else "", lower_better=False,
             met=(s is not None and s >= last) if last >= 10000 else None, fmt="{:,.0f}",
             note=_hold_note(hold))
+    if results.get("held"):
+        _held_rows(row, results)
     cpu = results.get("cpu")
     if cpu:
         s = _get(cpu, "service", "server_cpu_us_per_token")
@@ -874,7 +948,162 @@ def table(results: dict) -> list[dict]:
                 met=(s <= 0) if s is not None else None, fmt="{:+,.0f}", ratio_ok=False,
                 note="" if s is not None else "the service has no such /metrics gauge yet "
                 "(issue 6); hook: METRICS_GAUGES in bench/run.py")
+    if results.get("stalled"):
+        _stalled_rows(row, results)
     return rows
+
+
+def _pair(d: dict, t: str, key: str, a: str = "p50", b: str = "p99", unit: str = " ms") -> str:
+    """'p50 / p99' of one distribution as a table cell (None when missing)."""
+    x, y = _get(d, t, key, a + "_ms"), _get(d, t, key, b + "_ms")
+    if x is None or y is None:
+        return None
+    return f"{x:,.2f} / {y:,.2f}{unit}"
+
+
+def _both(d: dict, fn) -> tuple:
+    return fn(d.get("service") or {}), fn(d.get("baseline") or {})
+
+
+def _closed_loop_rows(row, results: dict, name: str) -> None:
+    """turnover / real: CPU per token and per request with each request's work, latency."""
+    d, size = results[name], results["sizes"][name]
+    load = (f"{name}: {size['users']} users, a new connection and request per "
+            f"{_span(size['tokens'])}-token answer at {_span(size['rate'])} tokens/s")
+    s, b = _both(d, lambda r: r.get("server_cpu_us_per_token"))
+    row(f"server CPU per relayed token, per-request work included ({load})", s, b,
+        target="<= 40 us", met=s is not None and s <= 40, unit=" us",
+        note=_closed_loop_note(d))
+    s, b = _both(d, lambda r: r.get("server_cpu_ms_per_request_equiv"))
+    row(f"server CPU per request-equivalent ({name}: per-token CPU x mean answer length)",
+        s, b, unit=" ms", fmt="{:.2f}")
+    s, b = _both(d, lambda r: f"{r['started_in_window']:,} / {r['completed_in_window']:,}"
+                 if "started_in_window" in r else None)
+    row(f"requests started / completed in the {size['window']:g} s window ({name})", s, b)
+    for q in ("p50", "p99"):
+        s, b = _both(d, lambda r, q=q: _get(r, "latency", f"{q}_ms"))
+        target = q == "p99"
+        row(f"relay latency {q} ({name})", s, b, unit=" ms", fmt="{:.2f}",
+            target="<= 10 ms" if target else "",
+            met=(s is not None and s <= 10) if target else None)
+    row(f"relay latency p90 / p99.9 ({name})", _pair(d, "service", "latency", "p90", "p999"),
+        _pair(d, "baseline", "latency", "p90", "p999"))
+    row(f"time to first byte p50 / p99 ({name}, streams started in the window)",
+        _pair(d, "service", "ttfb"), _pair(d, "baseline", "ttfb"))
+    row(f"time to first token p50 / p99 ({name}, streams started in the window)",
+        _pair(d, "service", "ttft"), _pair(d, "baseline", "ttft"))
+    s, b = _both(d, lambda r: sum((r.get("errors") or {}).values()) if "errors" in r else None)
+    row(f"streams that failed ({name}, the whole run)", s, b, target="0",
+        met=s == 0 if s is not None else None, fmt="{:,.0f}", ratio_ok=False,
+        note="; ".join(f"{t}: {_get(d, t, 'errors')}" for t in TARGETS
+                       if _get(d, t, "errors")))
+    s, b = _both(d, lambda r: r.get("server_pss_kb") and r["server_pss_kb"] / 1024)
+    row(f"server PSS at the window's end ({name})", s, b, unit=" MiB")
+
+
+def _span(v) -> str:
+    """A size as the table says it: '200', or '100-500' for a range drawn from."""
+    return f"{v[0]:g}-{v[1]:g}" if isinstance(v, list) else f"{v:g}"
+
+
+def _closed_loop_note(d: dict) -> str:
+    """Where what the clients counted differs from what the upstream sent, or a drain failed."""
+    notes = []
+    for t in TARGETS:
+        r = d.get(t) or {}
+        got, sent = _get(r, "run", "tokens"), r.get("upstream_tokens_sent")
+        if got is not None and sent is not None and got != sent:
+            notes.append(f"{t}: clients counted {got:,} tokens, the upstream sent {sent:,}")
+        if r.get("all_finished") is False:
+            notes.append(f"{t}: streams still running after the window were cut")
+        if (r.get("tokens_per_event") or 1) > 1.05:  # the relay batched tokens into events
+            notes.append(f"{t}: {r['tokens_per_event']:.2f} tokens per event")
+    return "; ".join(notes)
+
+
+def _requests_rows(row, results: dict) -> None:
+    """requests: what a request costs with (almost) no tokens, keep-alive clients."""
+    d, size = results["requests"], results["sizes"]["requests"]
+    load = f"{size['tokens']}-token answers, {size['users']} keep-alive clients back to back"
+    s, b = _both(d, lambda r: r.get("server_cpu_ms_per_request"))
+    notes = [f"{t}: {_get(d, t, 'reconnects'):,} requests went on a new connection after the "
+             "server closed the previous one" for t in TARGETS if _get(d, t, "reconnects")]
+    notes += [f"{t}: errors {_get(d, t, 'errors')}" for t in TARGETS if _get(d, t, "errors")]
+    row(f"server CPU per request ({load})", s, b, target="<= 1 ms",
+        met=s is not None and s <= 1, unit=" ms", fmt="{:.2f}", note="; ".join(notes))
+    s, b = _both(d, lambda r: r.get("requests_per_s"))
+    row(f"requests per second ({load})", s, b, lower_better=False, fmt="{:,.0f}")
+    row("request latency p50 / p99 (requests: request sent -> terminal chunk)",
+        _pair(d, "service", "request_ms"), _pair(d, "baseline", "request_ms"))
+
+
+def _held_rows(row, results: dict) -> None:
+    """held: PSS per stream that holds a whole answer (events kept for resume)."""
+    d, size = results["held"], results["sizes"]["held"]
+    s, b = _both(d, lambda r: r.get("pss_growth_kb_per_stream"))
+    notes = ["no target: the <= 30 KB goal (issue 13) is for idle streams (the hold rows)"]
+    for t in TARGETS:
+        r = d.get(t) or {}
+        if "open" in r:
+            notes.append(f"{t}: {r['whole_answer']:,} of {r['requested']:,} held their whole "
+                         f"answer ({r['open']:,} open), {r.get('tokens_per_event') or 0:.2f} "
+                         f"tokens per event")
+    row(f"memory per stream holding a {size['tokens']}-token answer at {size['streams']:,} "
+        "streams (PSS growth / streams)", s, b, unit=" KB", note="; ".join(notes))
+
+
+def _stalled_rows(row, results: dict) -> None:
+    """stalled: how soon a reader that stopped reading is dropped, and what it costs meanwhile."""
+    d, size = results["stalled"], results["sizes"]["stalled"]
+    load = (f"{size['streams']} readers stop reading, {size['rate']:g} tokens/s x "
+            f"{size['pad']:,} B, send timeout {size['send_timeout']:g} s")
+    for q in ("p50", "p99", "max"):
+        def drop(r, q=q):
+            v = _get(r, "drop_ms", f"{q}_ms")
+            if r.get("never_dropped") and q == "max":
+                return math.inf
+            return v / 1000 if v is not None else None
+        s, b = _both(d, drop)
+        limit = q == "max"
+        row(f"stalled reader dropped {q}: stop reading -> upstream closed ({load})", s, b,
+            unit=" s", fmt="{:.1f}", target="<= 6 s" if limit else "",
+            met=(s is not None and s <= 6) if limit else None,
+            note=f"inf: some never dropped within {size['drop_deadline']:g} s" if limit else "")
+    s, b = _both(d, lambda r: r.get("never_dropped"))
+    row(f"stalled readers not dropped within {size['drop_deadline']:g} s", s, b, target="0",
+        met=s == 0 if s is not None else None, fmt="{:,.0f}", ratio_ok=False,
+        note=_stalled_note(d))
+
+    def trio(r, key):
+        v = [_get(r, w, key) for w in ("before", "peak", "after")]
+        return None if None in v else " / ".join(f"{x / 1024:,.0f}" for x in v) + " MiB"
+    s, b = _both(d, lambda r: trio(r, "worker_pss_kb"))
+    row(f"worker PSS before / peak / {size['after']:g} s after the stalled readers left", s, b)
+
+    def back(r):
+        a, z = _get(r, "before", "worker_pss_kb"), _get(r, "after", "worker_pss_kb")
+        return None if not a or z is None else 100 * (z - a) / a
+    s, b = _both(d, back)
+    row("worker PSS after the stalled readers left, vs before", s, b, unit=" %", fmt="{:+.0f}",
+        target="within 10 %", met=s is not None and abs(s) <= 10, ratio_ok=False)
+    s, b = _both(d, lambda r: trio(r, "tcp_mem_kb"))
+    row("kernel TCP memory before / peak / after (whole machine, /proc/net/sockstat)", s, b)
+
+
+def _stalled_note(d: dict) -> str:
+    """What else happened to the stalled readers: never stalled, or the worker replaced (then
+    its drops are that restart, and its PSS after is a fresh worker's)."""
+    notes = []
+    for t in TARGETS:
+        r = d.get(t) or {}
+        if "stalled" in r and r["stalled"] < r["streams"]:
+            notes.append(f"{t}: {r['streams'] - r['stalled']} of {r['streams']} never got to "
+                         f"stop reading (no first byte yet, or closed first: {r.get('errors')})")
+        pids = [_get(r, w, "worker_pid") for w in ("before", "after")]
+        if None not in pids and pids[0] != pids[1]:
+            notes.append(f"{t}: its worker was replaced during the run (gunicorn killed it: see "
+                         "its log), which closed every stream")
+    return "; ".join(notes)
 
 
 def _num(v):

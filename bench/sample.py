@@ -10,6 +10,7 @@ parent PIDs, so that whatever the master forks (one worker here, more elsewhere)
 * **CPU**: ``utime + stime`` (fields 14 and 15 of ``/proc/PID/stat``) over ``SC_CLK_TCK``: user
   and system seconds, the kernel's TCP work done on the process's behalf included.
 * **fds**: entries of ``/proc/PID/fd``.
+* **kernel TCP memory** (``tcp_mem_kb``): socket buffers, machine-wide (``/proc/net/sockstat``).
 
 Stand-alone: ``python bench/sample.py PID`` prints one JSON snapshot.
 """
@@ -130,6 +131,22 @@ def system_cpu() -> dict[str, float]:
             if name == "cpu":
                 out["steal"] = v[7] / CLK_TCK
     return out
+
+
+def tcp_mem_kb() -> int | None:
+    """The kernel's memory for TCP buffers, all sockets of this network namespace (the
+    ``mem`` pages of the ``TCP:`` line of /proc/net/sockstat): what socket buffers cost the
+    machine beside the processes' own PSS."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    pages = int(fields[fields.index("mem") + 1])
+                    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def worker_of(snap: dict, root: int) -> dict | None:

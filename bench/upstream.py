@@ -9,11 +9,18 @@ Each stream's shape comes from ``key=value`` words anywhere in the last message'
 that it survives any prompt the relay under test wraps around the user's text::
 
     tag=<id> rate=<tokens per second> tokens=<count> first=<seconds before the first token>
+    hold=<seconds between the last token and the finish chunk> pad=<bytes added to each token>
 
-missing words take the command line's defaults. Token ``i`` is due at ``start + first + i/rate``
-(absolute times: no drift), and its content is ``"t=<time.monotonic_ns()> "`` taken right before
-the write. ``CLOCK_MONOTONIC`` is one clock for every process on a Linux machine, so the load
-generator's receive time minus that stamp is the whole relay's latency.
+missing words take the command line's defaults (``hold`` and ``pad``: 0). Token ``i`` is due at
+``start + first + i/rate`` (absolute times: no drift), and its content is
+``"t=<time.monotonic_ns()> "`` taken right before the write (followed by ``pad`` bytes of ``x``
+when asked: big tokens, for a reader slower than the model). ``CLOCK_MONOTONIC`` is one clock
+for every process on a Linux machine, so the load generator's receive time minus that stamp is
+the whole relay's latency.
+
+Like a real server it stops writing a stream whose connection does not take its bytes (asyncio's
+``pause_writing`` past the transport's high-water mark) and goes on at the stream's pace when the
+buffer drains, instead of piling a relay's unread tokens up in its own memory.
 
 What it observes, for the runner (``GET /_bench/stats``, ``GET /_bench/closes``):
 
@@ -57,7 +64,7 @@ except ImportError:  # pragma: no cover - orjson is in requirements.txt
     def _dumps(value) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
 
-_PARAM = re.compile(r"\b(tag|rate|tokens|first)=([^\s<>\"]+)")
+_PARAM = re.compile(r"\b(tag|rate|tokens|first|hold|pad)=([^\s<>\"]+)")
 _monotonic_ns = time.monotonic_ns
 
 _HEAD_OK = (
@@ -128,10 +135,11 @@ class StreamState:
     """One streamed response in progress on one connection."""
 
     __slots__ = ("conn", "tag", "rate", "tokens", "sent", "start", "first", "usage",
-                 "prefix", "model", "handle", "prompt_tokens")
+                 "prefix", "suffix", "model", "handle", "prompt_tokens", "hold", "blocked")
 
     def __init__(self, conn: Conn, tag: str, rate: float, tokens: int, first: float,
-                 usage: bool, model: bytes, prompt_tokens: int) -> None:
+                 usage: bool, model: bytes, prompt_tokens: int, hold: float = 0.0,
+                 pad: int = 0) -> None:
         self.conn = conn
         self.tag = tag
         self.rate = rate
@@ -141,6 +149,9 @@ class StreamState:
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.prefix = _TOKEN_PREFIX % model
+        self.suffix = (b" " + b"x" * pad if pad > 0 else b"") + _TOKEN_SUFFIX
+        self.hold = hold
+        self.blocked = False
         self.sent = 0
         self.start = 0.0
         self.handle: asyncio.TimerHandle | None = None
@@ -159,6 +170,7 @@ class Conn(asyncio.Protocol):
         self.served_model = False
         self.keep_alive = True
         self.closed = False
+        self.paused = False
 
     # asyncio callbacks
 
@@ -174,6 +186,18 @@ class Conn(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._client_gone()
         return False
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        """The reader caught up: go on at the stream's pace from now (no burst of late tokens)."""
+        self.paused = False
+        stream = self.stream
+        if stream is not None and stream.blocked:
+            stream.blocked = False
+            stream.start = self.loop.time() - stream.first - stream.sent / stream.rate
+            self._schedule(stream)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._client_gone()
@@ -269,15 +293,18 @@ class Conn(asyncio.Protocol):
             rate = float(params.get("rate", defaults.rate))
             tokens = int(params.get("tokens", defaults.tokens))
             first = float(params.get("first", defaults.first))
+            hold = float(params.get("hold", 0))
+            pad = int(params.get("pad", 0))
         except ValueError:
-            self._reply(400, {"error": {"message": "bad rate/tokens/first",
+            self._reply(400, {"error": {"message": "bad rate/tokens/first/hold/pad",
                                         "type": "invalid_request"}})
             return
         model = str(request.get("model") or "bench-model").encode()[:64].replace(b'"', b"")
         usage = bool((request.get("stream_options") or {}).get("include_usage"))
         self.served_model = True
         stream = StreamState(self, params.get("tag", ""), max(rate, 0.001), max(tokens, 0),
-                             max(first, 0.0), usage, model, len(text.split()))
+                             max(first, 0.0), usage, model, len(text.split()), max(hold, 0.0),
+                             min(max(pad, 0), 1 << 20))
         self.stream = stream
         self.stats.started += 1
         self.stats.seen.add(stream.tag)
@@ -289,7 +316,10 @@ class Conn(asyncio.Protocol):
 
     def _schedule(self, stream: StreamState) -> None:
         if stream.sent >= stream.tokens:
-            self._finish(stream)
+            if stream.hold > 0:  # the answer is all there; the stream stays open this long
+                stream.handle = self.loop.call_later(stream.hold, self._finish, stream)
+            else:
+                self._finish(stream)
             return
         due = stream.start + stream.first + stream.sent / stream.rate
         stream.handle = self.loop.call_at(due, self._send_token, stream, due)
@@ -297,19 +327,24 @@ class Conn(asyncio.Protocol):
     def _send_token(self, stream: StreamState, due: float) -> None:
         if self.stream is not stream:
             return
+        if self.paused:  # the connection does not take bytes: wait for resume_writing
+            stream.blocked = True
+            stream.handle = None
+            return
         lag = self.loop.time() - due
         if lag > 0.010:
             self.stats.lag_over_10ms += 1
             lag_ns = int(lag * 1e9)
             if lag_ns > self.stats.lag_max_ns:
                 self.stats.lag_max_ns = lag_ns
-        event = b"%s%d%s" % (stream.prefix, _monotonic_ns(), _TOKEN_SUFFIX)
+        event = b"%s%d%s" % (stream.prefix, _monotonic_ns(), stream.suffix)
         self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))  # type: ignore[union-attr]
         stream.sent += 1
         self.stats.tokens_sent += 1
         self._schedule(stream)
 
     def _finish(self, stream: StreamState) -> None:
+        stream.handle = None
         out = [_event(_FINISH % stream.model)]
         if stream.usage:
             out.append(_event(_USAGE % (stream.model, stream.prompt_tokens, stream.sent,

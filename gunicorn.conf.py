@@ -2,7 +2,9 @@
 
 Loaded by the gunicorn master before any worker forks, so it validates the environment first
 (one sentence and exit 1 on a bad setting) and imports nothing that would import ``ssl`` before
-gevent patches the workers (gunicorn #2177, #1566).
+gevent patches the workers (gunicorn #2177, #1566). With ``AXRISI_LOCAL_MODEL`` and no upstream,
+the master starts the one model server before it forks the workers and stops it on exit
+(``axrisi/modelserver.py``: a child process, so nothing heavy is imported here).
 """
 
 import gc
@@ -55,6 +57,26 @@ control_socket_disable = True
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 accesslog = None
+
+
+def on_starting(server):
+    """Before the workers fork: the model server, when the settings ask for one (once: not again
+    on a SIGHUP reload, which re-reads this file)."""
+    from axrisi import modelserver
+
+    try:
+        modelserver.start_for(_settings)
+    except modelserver.ModelServerError as error:
+        sys.stderr.write(f"axrisi: {error}\n")
+        sys.exit(1)
+
+
+def on_exit(server):
+    """The master is leaving: the model server goes too (if the master is killed instead, the
+    kernel ends it: PR_SET_PDEATHSIG)."""
+    from axrisi import modelserver
+
+    modelserver.stop_running()
 
 
 def post_worker_init(worker):

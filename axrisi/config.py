@@ -70,6 +70,21 @@ class Settings:
     openai_fallback_api_key: str | None = None
     fallback_model: str | None = None
     trusted_proxies: int = 0
+    local_model: str | None = None
+    """``AXRISI_LOCAL_MODEL``: ``smollm2``, a GGUF file, or ``owner/repo/file.gguf`` (the Hub)."""
+    local_summary: str = "extractive"
+    local_model_input_tokens: int = 1024
+    local_model_output_tokens: int = 1024
+    local_model_slots: int = 2
+    local_model_threads: int = 0
+    """CPU threads for the model; 0: llama.cpp's choice (one per core)."""
+    local_model_temperature: float = 0.2
+    local_model_seed: int | None = None
+    model_server_url: str | None = None
+    """Where the managed model server answers (``.../v1``): set by gunicorn's master for its
+    workers once it has started the server (``axrisi/modelserver.py``), never by an operator."""
+    model_server_key: str | None = None
+    """That server's API key, made up by the master for the run."""
 
     @property
     def development(self) -> bool:
@@ -132,9 +147,25 @@ class Settings:
             openai_fallback_api_key=e.text("OPENAI_FALLBACK_API_KEY"),
             fallback_model=e.text("AXRISI_FALLBACK_MODEL"),
             trusted_proxies=e.integer("AXRISI_TRUSTED_PROXIES", 0, low=0, high=10),
+            local_model=e.local_model("AXRISI_LOCAL_MODEL"),
+            local_summary=e.choice("AXRISI_LOCAL_SUMMARY", ("extractive", "model"),
+                                   "extractive"),
+            local_model_input_tokens=e.integer("AXRISI_LOCAL_MODEL_INPUT_TOKENS", 1024,
+                                               low=256, high=131_072),
+            local_model_output_tokens=e.integer("AXRISI_LOCAL_MODEL_OUTPUT_TOKENS", 1024,
+                                                low=16, high=131_072),
+            local_model_slots=e.integer("AXRISI_LOCAL_MODEL_SLOTS", 2, low=1, high=64),
+            local_model_threads=e.integer("AXRISI_LOCAL_MODEL_THREADS", 0, low=0, high=512),
+            local_model_temperature=e.number("AXRISI_LOCAL_MODEL_TEMPERATURE", 0.2, low=0.0,
+                                             high=2.0, what="a number"),
+            local_model_seed=e.optional_integer("AXRISI_LOCAL_MODEL_SEED", low=0,
+                                                high=2**32 - 2),
+            model_server_url=e.url("AXRISI_MODEL_SERVER_URL"),
+            model_server_key=e.text("AXRISI_MODEL_SERVER_KEY"),
         )
         _check_jwt(settings)
         _check_scaling(settings)
+        _check_local_model(settings)
         return settings
 
 
@@ -156,6 +187,13 @@ def _check_scaling(s: Settings) -> None:
             "would be counted per worker; set REDIS_URL so that the workers share them "
             "(or use WEB_CONCURRENCY=1)."
         )
+
+
+def _check_local_model(s: Settings) -> None:
+    """The model settings only mean something with a model named."""
+    if s.local_summary == "model" and not s.local_model:
+        raise ConfigError("AXRISI_LOCAL_SUMMARY=model needs a model: set AXRISI_LOCAL_MODEL "
+                          "(smollm2, a .gguf file, or owner/repo/file.gguf).")
 
 
 def _check_jwt(s: Settings) -> None:
@@ -226,15 +264,20 @@ class _Env:
             raise ConfigError(f"{name} must be a whole number, not {value!r}.") from None
         return int(self._in_range(name, number, low, high))
 
+    def optional_integer(self, name: str, low: int | None = None,
+                         high: int | None = None) -> int | None:
+        """A whole number, or None when unset."""
+        return None if self.text(name) is None else self.integer(name, 0, low, high)
+
     def number(self, name: str, default: float, low: float | None = None,
-               high: float | None = None) -> float:
+               high: float | None = None, what: str = "a number of seconds") -> float:
         value = self.text(name)
         if value is None:
             return default
         try:
             number = float(value)
         except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds, not {value!r}.") from None
+            raise ConfigError(f"{name} must be {what}, not {value!r}.") from None
         if number != number or number in (float("inf"), float("-inf")):
             raise ConfigError(f"{name} must be a finite number, not {value!r}.")
         return self._in_range(name, number, low, high)
@@ -264,6 +307,20 @@ class _Env:
         value = self.text(name)
         if value is not None and not re.match(r"^https?://[^\s/]+", value):
             raise ConfigError(f"{name} must be an http:// or https:// URL.")
+        return value
+
+    def local_model(self, name: str) -> str | None:
+        """``smollm2``, a path to a ``.gguf`` file, or a Hugging Face file ``owner/repo/file.gguf``.
+
+        Only the shape is checked here (this runs in every process); whether the file or the
+        packages are there is checked once, by the master that starts the model server.
+        """
+        value = self.text(name)
+        if value is None or value.lower() == "smollm2":
+            return None if value is None else "smollm2"
+        if not value.lower().endswith(".gguf"):
+            raise ConfigError(f"{name} must be smollm2, a .gguf file, or a Hugging Face file "
+                              f"like owner/repo/file.gguf, not {value!r}.")
         return value
 
     def redis_url(self, name: str) -> str | None:

@@ -292,3 +292,67 @@ def test_auth_failure_limit_and_trusted_proxies() -> None:
     for bad in ({"AXRISI_AUTH_FAILURE_LIMIT": "lots"}, {"AXRISI_TRUSTED_PROXIES": "-1"}):
         with pytest.raises(ConfigError):
             Settings.from_env({**BASE, **bad})
+
+
+def test_local_model_defaults() -> None:
+    """No local model by default; the extractive summary and the model's limits otherwise."""
+    s = Settings.from_env(BASE)
+    assert s.local_model is None and s.local_summary == "extractive"
+    assert (s.local_model_input_tokens, s.local_model_output_tokens) == (1024, 1024)
+    assert (s.local_model_slots, s.local_model_temperature, s.local_model_seed) == (2, 0.2, None)
+    assert s.local_model_threads == 0
+    assert s.model_server_url is None and s.model_server_key is None
+
+
+@pytest.mark.parametrize(("value", "parsed"), [
+    ("smollm2", "smollm2"), ("SmolLM2", "smollm2"), (" smollm2 ", "smollm2"),
+    ("/models/qwen2.5-1.5b-instruct-q4_k_m.gguf", "/models/qwen2.5-1.5b-instruct-q4_k_m.gguf"),
+    ("models/x.GGUF", "models/x.GGUF"),
+    ("Qwen/Qwen2.5-1.5B-Instruct-GGUF/qwen2.5-1.5b-instruct-q4_k_m.gguf",
+     "Qwen/Qwen2.5-1.5B-Instruct-GGUF/qwen2.5-1.5b-instruct-q4_k_m.gguf"),
+])
+def test_local_model_names(value: str, parsed: str) -> None:
+    """AXRISI_LOCAL_MODEL is smollm2 (any case), a .gguf path, or a Hub file."""
+    assert settings(AXRISI_LOCAL_MODEL=value).local_model == parsed
+
+
+def test_local_model_settings_are_parsed() -> None:
+    s = settings(AXRISI_LOCAL_MODEL="smollm2", AXRISI_LOCAL_SUMMARY="Model",
+                 AXRISI_LOCAL_MODEL_INPUT_TOKENS="512", AXRISI_LOCAL_MODEL_OUTPUT_TOKENS="64",
+                 AXRISI_LOCAL_MODEL_SLOTS="4", AXRISI_LOCAL_MODEL_THREADS="1",
+                 AXRISI_LOCAL_MODEL_TEMPERATURE="0",
+                 AXRISI_LOCAL_MODEL_SEED="42",
+                 AXRISI_MODEL_SERVER_URL="http://127.0.0.1:4321/v1",
+                 AXRISI_MODEL_SERVER_KEY="k")
+    assert (s.local_summary, s.local_model_input_tokens, s.local_model_output_tokens) == (
+        "model", 512, 64)
+    assert (s.local_model_slots, s.local_model_temperature, s.local_model_seed) == (4, 0.0, 42)
+    assert s.local_model_threads == 1
+    assert (s.model_server_url, s.model_server_key) == ("http://127.0.0.1:4321/v1", "k")
+    assert s.provider == "local"  # the managed server is not an upstream the operator set
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("AXRISI_LOCAL_MODEL", "llama3"),
+    ("AXRISI_LOCAL_MODEL", "model.bin"),
+    ("AXRISI_LOCAL_SUMMARY", "abstractive"),
+    ("AXRISI_LOCAL_MODEL_INPUT_TOKENS", "100"),
+    ("AXRISI_LOCAL_MODEL_INPUT_TOKENS", "many"),
+    ("AXRISI_LOCAL_MODEL_OUTPUT_TOKENS", "0"),
+    ("AXRISI_LOCAL_MODEL_SLOTS", "0"),
+    ("AXRISI_LOCAL_MODEL_THREADS", "-1"),
+    ("AXRISI_LOCAL_MODEL_TEMPERATURE", "-0.1"),
+    ("AXRISI_LOCAL_MODEL_TEMPERATURE", "hot"),
+    ("AXRISI_LOCAL_MODEL_SEED", "-1"),
+    ("AXRISI_LOCAL_MODEL_SEED", "1.5"),
+    ("AXRISI_MODEL_SERVER_URL", "127.0.0.1:4321"),
+])
+def test_invalid_local_model_setting_names_it(name: str, value: str) -> None:
+    message = config_error({**BASE, "AXRISI_LOCAL_MODEL": "smollm2", name: value})
+    assert name in message and "\n" not in message and message.endswith(".")
+
+
+def test_model_summaries_need_a_model() -> None:
+    """AXRISI_LOCAL_SUMMARY=model without AXRISI_LOCAL_MODEL refuses to start, naming both."""
+    message = config_error({**BASE, "AXRISI_LOCAL_SUMMARY": "model"})
+    assert "AXRISI_LOCAL_SUMMARY" in message and "AXRISI_LOCAL_MODEL" in message

@@ -8,7 +8,9 @@ model's tokens.
 Honesty rule: this provider only does what it can really do. Every sentence it outputs is a
 sentence of the input (whitespace normalised, list markers dropped), nothing is invented, and any
 command other than ``summarize`` fails with a :class:`ProviderError` that says which setting turns
-on a real model, instead of pretending to explain, translate or rewrite.
+on a real model, instead of pretending to explain, translate or rewrite. (With
+``AXRISI_LOCAL_MODEL``, :mod:`axrisi.providers.llamacpp` sends those commands to a model on this
+machine and keeps this summary for ``summarize``.)
 
 Everything here is linear in the text's length (one pass per step, regular expressions without
 backtracking traps), so the longest accepted text summarizes in a few milliseconds. The generator
@@ -110,8 +112,8 @@ def _unsupported_message(command: str) -> str:
     """Name the command the user asked for (only if it looks like a command name) and the fix."""
     shown = command if re.fullmatch(r"[A-Za-z][\w-]{0,31}", command or "") else "this command"
     return (
-        "The built-in local provider can only summarize; set OPENAI_API_KEY or OPENAI_BASE_URL "
-        f"to use a model for {shown}."
+        "The built-in local provider can only summarize; set AXRISI_LOCAL_MODEL (a model on "
+        f"this machine), OPENAI_API_KEY or OPENAI_BASE_URL to use a model for {shown}."
     )
 
 

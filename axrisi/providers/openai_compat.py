@@ -45,12 +45,16 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self, api_key: str | None, base_url: str | None, model: str,
-                 max_connections: int, transport: str = "lean") -> None:
+                 max_connections: int, transport: str = "lean",
+                 options: dict[str, Any] | None = None) -> None:
         self.api_key = api_key or "not-needed"
         self.transport = transport  # AXRISI_UPSTREAM_TRANSPORT: "lean" or "urllib3"
         self.base_url = base_url
         self.model = model
         self.max_connections = max_connections
+        self.options = options or {}
+        """More fields for every request's body (the local model's temperature, seed and
+        max_tokens); none for a configured upstream, whose own defaults apply."""
         self._client: openai.OpenAI | None = None
 
     @property
@@ -107,7 +111,7 @@ class OpenAIProvider:
                     yield content
             yield reader.finish()
         except openai.APIStatusError as error:
-            raise _status_error(error.status_code) from None
+            raise status_error(error.status_code) from None
         except openai.APITimeoutError:
             raise ProviderError("upstream_timeout", "The model service did not answer in time.",
                                 "timeout") from None
@@ -138,6 +142,7 @@ class OpenAIProvider:
                          {"role": "user", "content": prompt.user}],
             "stream": True,
             "stream_options": {"include_usage": True},
+            **self.options,
         }
         http_response = self.client.post(
             "/chat/completions", cast_to=httpx2.Response, content=orjson.dumps(body),
@@ -183,7 +188,8 @@ def _environment_proxies() -> bool:
     return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
-def _status_error(status: int) -> ProviderError:
+def status_error(status: int) -> ProviderError:
+    """The client's sentence for an upstream's HTTP error status (never its body)."""
     if status == 429:
         return ProviderError("upstream_error",
                              "The model service is busy (rate limited); try again shortly.",

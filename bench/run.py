@@ -82,7 +82,8 @@ FULL = {
              "open_timeout": 150, "answer_age": 30, "answer_wait": 20, "settle": 3,
              "settle_max": 20, "deadline": 300},
     "stalled": {"streams": 200, "rate": 40, "pad": 1000, "read_for": 1, "stagger": 2,
-                "drop_deadline": 60, "after": 5, "send_timeout": 3, "deadline": 150},
+                "drop_deadline": 60, "after": 10, "send_timeout": 3, "resume_ttl": 5,
+                "deadline": 150},
     "hold": {"plateaus": [1000, 5000, 10000], "rate": 0.2, "open_rate": 500, "settle": 3,
              "plateau_timeout": 60, "answer_wait": 15, "max_inflight": 200, "inflight_age": 1.0,
              "settle_cpu": 0.9, "settle_max": 30, "deadline": 400},
@@ -108,7 +109,8 @@ QUICK = {
              "open_timeout": 30, "answer_age": 30, "answer_wait": 10, "settle": 1,
              "settle_max": 5, "deadline": 80},
     "stalled": {"streams": 50, "rate": 40, "pad": 1000, "read_for": 1, "stagger": 1,
-                "drop_deadline": 20, "after": 3, "send_timeout": 3, "deadline": 60},
+                "drop_deadline": 20, "after": 10, "send_timeout": 3, "resume_ttl": 5,
+                "deadline": 60},
     "hold": {"plateaus": [100, 300], "rate": 2.0, "open_rate": 300, "settle": 0.5,
              "plateau_timeout": 8, "answer_wait": 3, "settle_max": 3, "deadline": 40},
     "cpu": {"streams": 50, "rate": 20, "stagger": 0.5, "warmup": 1, "window": 2,
@@ -638,8 +640,13 @@ class Bench:
                "real": self.steady("real", "closed_loop"),
                "requests": self.steady("requests", "closed_loop"),
                "held": self.held, "stalled": self.stalled}
+        # The dropped streams' events are kept for a resume for AXRISI_RESUME_TTL_SECONDS (300
+        # by default, within AXRISI_RESUME_MAX_MEMORY_MB): a short TTL shows whether the memory
+        # comes back once they expire, `after` seconds after the readers left.
         envs = {"stalled": {"AXRISI_SEND_TIMEOUT_SECONDS":
-                            f"{self.sizes['stalled']['send_timeout']:g}"},
+                            f"{self.sizes['stalled']['send_timeout']:g}",
+                            "AXRISI_RESUME_TTL_SECONDS":
+                            f"{self.sizes['stalled']['resume_ttl']:g}"},
                 # A held stream's upstream is silent after its answer, on purpose: the
                 # service's upstream read timeout (60 s by default) must not end it meanwhile.
                 "held": {"AXRISI_UPSTREAM_TIMEOUT_SECONDS":
@@ -1078,7 +1085,8 @@ def _stalled_rows(row, results: dict) -> None:
         v = [_get(r, w, key) for w in ("before", "peak", "after")]
         return None if None in v else " / ".join(f"{x / 1024:,.0f}" for x in v) + " MiB"
     s, b = _both(d, lambda r: trio(r, "worker_pss_kb"))
-    row(f"worker PSS before / peak / {size['after']:g} s after the stalled readers left", s, b)
+    row(f"worker PSS before / peak / {size['after']:g} s after the stalled readers left "
+        f"(events kept {size['resume_ttl']:g} s for resume)", s, b)
 
     def back(r):
         a, z = _get(r, "before", "worker_pss_kb"), _get(r, "after", "worker_pss_kb")

@@ -102,3 +102,22 @@ def test_grace_keeps_generating_until_a_client_comes_back_or_it_runs_out(
     assert stream.settled and provider.closed
     assert stream.end is not None
     assert stream.end.outcome == ("shutting_down" if comes_back else "cancelled")
+
+
+def test_finished_streams_expire_on_time_without_a_request() -> None:
+    """Nothing else happens in the worker: the finished stream still goes at its TTL, its bytes
+    counted for the heap trim, and the expiry greenlet ends with nothing left to keep."""
+    registry = StreamRegistry(SlowProvider(3, 0.001), LocalIds(), upstream_timeout=5.0,
+                              retention=Retention(ttl_seconds=0.2), owner_key=lambda u: u)
+    stream = registry.start("alice", REQUEST)
+    stream.generation.greenlet.join(2)
+    assert registry.lookup(stream.id) is stream
+    size = stream.log.size
+    assert size > 0
+    with gevent.Timeout(10):
+        while registry.finished:
+            gevent.sleep(0.05)
+    assert registry.finished_bytes == 0
+    assert registry.reclaimer.dropped == size  # under the trim's threshold: counted, not trimmed
+    gevent.sleep(0.01)
+    assert registry._expiry is None

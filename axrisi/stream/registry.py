@@ -5,9 +5,11 @@ detach; when the last one detaches while the model is still generating, the gene
 interrupted at once (``AXRISI_RESUME_GRACE_SECONDS`` = 0, the default) or when the grace runs out
 with nobody back (here or, through Redis, on another instance).
 
-A stream stays resumable while it runs and for ``AXRISI_RESUME_TTL_SECONDS`` after it ends. Memory
-is bounded twice: each log keeps at most ``max_events`` events and ``max_bytes`` bytes, and
-finished streams are dropped oldest first when their frames pass ``max_retained_bytes`` in total.
+A stream stays resumable while it runs and for ``AXRISI_RESUME_TTL_SECONDS`` after it ends
+(dropped on time by a greenlet that lives while finished streams are kept, and the memory given
+back: ``memory.py``). Memory is bounded twice: each log keeps at most ``max_events`` events and
+``max_bytes`` bytes, and finished streams are dropped oldest first when their frames pass
+``max_retained_bytes`` in total.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from ..providers.base import Provider
 from .ending import StreamEnd, StreamState
 from .eventlog import EventLog
 from .generation import Generation
+from .memory import Reclaimer
 from .ports import EventMirror, IdAllocator
 
 log = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "The stream was cancelled because its client left."
 STOPPED_MESSAGE = "The stream was stopped."
+EXPIRY_SLACK_SECONDS = 1.0
+"""Finished streams past their TTL are dropped together, up to this long after the first one's."""
 MIRROR_WAIT_SECONDS = 0.5
 """How long a finished stream's response may wait for its last events to reach the shared
 state (within the relay's ``SETTLE_SECONDS``; a Redis that does not answer costs this once)."""
@@ -92,6 +97,8 @@ class StreamRegistry:
         self.finished: OrderedDict[int, Stream] = OrderedDict()
         self.finished_bytes = 0
         self._grace: dict[int, gevent.Greenlet[[Stream], None]] = {}
+        self._expiry: gevent.Greenlet[[], None] | None = None
+        self.reclaimer = Reclaimer()
 
     def start(self, user: str, request: RunRequest, lease: object | None = None) -> Stream:
         """Create the stream, write its title event and start the generation."""
@@ -183,6 +190,7 @@ class StreamRegistry:
         self.finished[stream.id] = stream
         self.finished_bytes += stream.log.size
         self._expire()
+        self._expire_later()
         try:
             if self.on_end is not None:
                 self.on_end(stream, end)
@@ -207,5 +215,24 @@ class StreamRegistry:
                 break
             self.finished.popitem(last=False)
             self.finished_bytes -= oldest.log.size
+            self.reclaimer.dropped_bytes(oldest.log.size)
             if self.mirror is not None:
                 self.mirror.forget(oldest.id)
+
+    def _expire_later(self) -> None:
+        """Expire on time even when no request comes: one greenlet per worker, alive only while
+        finished streams are kept, waking when the oldest one's TTL runs out."""
+        if self._expiry is not None or not self.finished:
+            return
+        self._expiry = gevent.spawn(self._expire_on_time)
+
+    def _expire_on_time(self) -> None:
+        try:
+            while self.finished:
+                oldest = next(iter(self.finished.values()))
+                ended_at = oldest.end.ended_at if oldest.end is not None else time.monotonic()
+                gevent.sleep(max(0.0, ended_at + self.retention.ttl_seconds - time.monotonic())
+                             + EXPIRY_SLACK_SECONDS)
+                self._expire()
+        finally:
+            self._expiry = None

@@ -4,9 +4,9 @@ A stream's events live in one ``bytearray`` (``eventlog.py``) that grows through
 allocator's heap. When the streams a burst left behind expire together (200 stalled readers'
 answers, say), their buffers are freed, but glibc keeps the freed pages in its heap: the
 worker's memory stays at its peak, which reads as a leak and is one to the machine. glibc's
-``malloc_trim(0)`` returns every whole free page of its heap; it walks the heap, so it runs only
-after at least ``TRIM_AFTER_BYTES`` were dropped since the last time, never per stream. Where
-there is no glibc (musl, macOS) it does nothing.
+``malloc_trim(0)`` returns every whole free page of its heap; it walks the heap, so it runs at the
+end of a batch of expiries that let at least ``TRIM_AFTER_BYTES`` go since the last time, never
+per stream. Where there is no glibc (musl, macOS) it does nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable
 
-TRIM_AFTER_BYTES = 8 * 1024 * 1024
+TRIM_AFTER_BYTES = 4 * 1024 * 1024
 
 
 def _load_trim() -> Callable[[int], int] | None:
@@ -39,8 +39,11 @@ class Reclaimer:
         self._trim = _load_trim()
 
     def dropped_bytes(self, count: int) -> None:
-        """``count`` bytes of events were let go; trim when enough have been."""
+        """``count`` bytes of events were let go."""
         self.dropped += count
+
+    def settle(self) -> None:
+        """A batch of drops is over: trim if enough was let go since the last trim."""
         if self.dropped >= self.after_bytes:
             self.dropped = 0
             if self._trim is not None:

@@ -218,6 +218,7 @@ class StreamRegistry:
             self.reclaimer.dropped_bytes(oldest.log.size)
             if self.mirror is not None:
                 self.mirror.forget(oldest.id)
+        self.reclaimer.settle()
 
     def _expire_later(self) -> None:
         """Expire on time even when no request comes: one greenlet per worker, alive only while

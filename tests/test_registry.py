@@ -106,7 +106,7 @@ def test_grace_keeps_generating_until_a_client_comes_back_or_it_runs_out(
 
 def test_finished_streams_expire_on_time_without_a_request() -> None:
     """Nothing else happens in the worker: the finished stream still goes at its TTL, its bytes
-    counted for the heap trim, and the expiry greenlet ends with nothing left to keep."""
+    counted for the heap trim, and no timer stays armed with nothing left to keep."""
     registry = StreamRegistry(SlowProvider(3, 0.001), LocalIds(), upstream_timeout=5.0,
                               retention=Retention(ttl_seconds=0.2), owner_key=lambda u: u)
     stream = registry.start("alice", REQUEST)

@@ -6,8 +6,8 @@ interrupted at once (``AXRISI_RESUME_GRACE_SECONDS`` = 0, the default) or when t
 with nobody back (here or, through Redis, on another instance).
 
 A stream stays resumable while it runs and for ``AXRISI_RESUME_TTL_SECONDS`` after it ends
-(dropped on time by a greenlet that lives while finished streams are kept, and the memory given
-back: ``memory.py``). Memory is bounded twice: each log keeps at most ``max_events`` events and
+(dropped on time by a timer armed while finished streams are kept, and the memory given back:
+``memory.py``). Memory is bounded twice: each log keeps at most ``max_events`` events and
 ``max_bytes`` bytes, and finished streams are dropped oldest first when their frames pass
 ``max_retained_bytes`` in total.
 """
@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 
@@ -97,7 +98,7 @@ class StreamRegistry:
         self.finished: OrderedDict[int, Stream] = OrderedDict()
         self.finished_bytes = 0
         self._grace: dict[int, gevent.Greenlet[[Stream], None]] = {}
-        self._expiry: gevent.Greenlet[[], None] | None = None
+        self._expiry: Any = None  # the libev timer of the next expiry, while streams are kept
         self.reclaimer = Reclaimer()
 
     def start(self, user: str, request: RunRequest, lease: object | None = None) -> Stream:
@@ -221,19 +222,22 @@ class StreamRegistry:
         self.reclaimer.settle()
 
     def _expire_later(self) -> None:
-        """Expire on time even when no request comes: one greenlet per worker, alive only while
-        finished streams are kept, waking when the oldest one's TTL runs out."""
+        """Expire on time even when no request comes: one libev timer per worker (no greenlet),
+        armed only while finished streams are kept, firing when the oldest one's TTL runs out.
+        Its callback runs in the hub: ``_expire`` does no I/O (the mirror only forgets)."""
         if self._expiry is not None or not self.finished:
             return
-        self._expiry = gevent.spawn(self._expire_on_time)
+        oldest = next(iter(self.finished.values()))
+        ended_at = oldest.end.ended_at if oldest.end is not None else time.monotonic()
+        delay = max(0.0, ended_at + self.retention.ttl_seconds - time.monotonic())
+        self._expiry = gevent.get_hub().loop.timer(delay + EXPIRY_SLACK_SECONDS, ref=False)
+        self._expiry.start(self._expire_on_time)
 
     def _expire_on_time(self) -> None:
+        self._expiry.close()
+        self._expiry = None
         try:
-            while self.finished:
-                oldest = next(iter(self.finished.values()))
-                ended_at = oldest.end.ended_at if oldest.end is not None else time.monotonic()
-                gevent.sleep(max(0.0, ended_at + self.retention.ttl_seconds - time.monotonic())
-                             + EXPIRY_SLACK_SECONDS)
-                self._expire()
-        finally:
-            self._expiry = None
+            self._expire()
+        except Exception:  # a hub callback must not raise
+            log.exception("expiring finished streams failed")
+        self._expire_later()

@@ -115,11 +115,7 @@ class EventLog:
             self._trim()
         if self.on_append is not None:
             self.on_append(self, seq, frame, final)
-        for waiter in self._waiters:
-            # A follower idle at this event may send it itself (``direct.py``): then it sleeps on.
-            push = None if final else getattr(waiter, "push", None)
-            if push is None or not push(seq, frame):
-                waiter.set()
+        self.wake(seq, None if final else frame)
 
     def follow(self, position: int) -> Cursor:
         """Register a live follower at ``position``."""
@@ -206,10 +202,14 @@ class EventLog:
         """True when a follower at ``position`` has seen the terminal event."""
         return self.ended and position >= self.next_seq
 
-    def wake(self) -> None:
-        """Wake the waiting followers without an event (the stream's end hooks finished)."""
+    def wake(self, seq: int = -1, frame: bytes | None = None) -> None:
+        """Wake the waiting followers: for event ``seq`` (``frame``), or for no event (the
+        stream's end hooks finished). A follower idle at that event may send it itself
+        (``direct.py``): then it sleeps on."""
         for waiter in self._waiters:
-            waiter.set()
+            push = getattr(waiter, "push", None) if frame is not None else None
+            if push is None or not push(seq, frame):
+                waiter.set()
 
     def wait_wake(self, waiter: Event, timeout: float) -> bool:
         """Block until :meth:`wake` or an append, or ``timeout``; False on timeout."""

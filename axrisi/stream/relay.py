@@ -77,7 +77,7 @@ def relay(registry: StreamRegistry, stream: Stream, position: int, client_socket
     watch = _start_watch(client_socket, send_timeout)
     cursor = event_log.follow(position)
     direct = DirectFollower(client_socket, framing, watch, cursor) if framing else None
-    waiter = direct or Event()
+    waiter = direct if direct is not None else Event()
     pending = OPENING
     try:
         while True:

@@ -118,8 +118,12 @@ class Generation:
             close = getattr(items, "close", None) if items is not None else None
             if close is not None:
                 close()
-            if self.on_end is not None:
-                self.on_end(self)
+            # Called once and let go: the registry's hook closes over the stream, which holds
+            # this generation, and that cycle would keep the stream's events (its whole answer)
+            # alive after it expired until a full collection, which an idle worker never runs.
+            on_end, self.on_end = self.on_end, None
+            if on_end is not None:
+                on_end(self)
 
     def _relay(self, items: Iterator[StreamItem]) -> None:
         """The per-token loop: keep it to a timestamp, one append and nothing else."""

@@ -74,9 +74,31 @@ class Switched:
     reason: str
 
 
-StreamItem = str | Finish | Switched
+class Pump(Protocol):
+    """The rest of an answer, read when its socket is readable rather than by a blocked greenlet."""
+
+    fileno: int
+
+    def pull(self) -> list[StreamItem | ProviderError]:
+        """What one non-blocking read brought: content pieces, then possibly the Finish or the
+        failure that ends the answer (nothing when the read found nothing). Never blocks."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """From ``stream_handover`` only: the answer's headers are in, and the rest can be read on
+    the socket's readiness through ``pump``, with no greenlet blocked per stream. A consumer that
+    takes it closes the iterator when done; one that calls ``next`` instead gets the rest of the
+    answer from the iterator as if nothing happened (after whatever it pulled itself)."""
+
+    pump: Pump
+
+
+StreamItem = str | Finish | Switched | Handover
 """A content piece (one or more tokens that arrived together, never empty), the final Finish,
-or (from :class:`~axrisi.providers.fallback.FallbackProvider` only) a :class:`Switched`."""
+or (from :class:`~axrisi.providers.fallback.FallbackProvider` only) a :class:`Switched`, or
+(from ``stream_handover`` only) a :class:`Handover`."""
 
 
 class Provider(Protocol):

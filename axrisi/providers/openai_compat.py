@@ -30,7 +30,7 @@ import httpx2
 import openai
 import orjson
 
-from .base import Finish, Prompt, ProviderError, StreamItem, Usage
+from .base import Finish, Handover, Prompt, ProviderError, StreamItem, Usage
 from .transport import BODY_EXTENSION, LeanTransport
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,14 @@ class OpenAIProvider:
 
     def stream(self, prompt: Prompt) -> Iterator[StreamItem]:
         """Yield content pieces as they arrive, then one Finish; close the upstream on exit."""
+        return self._stream(prompt, handover=False)
+
+    def stream_handover(self, prompt: Prompt) -> Iterator[StreamItem]:
+        """As :meth:`stream`, with a :class:`Handover` once the headers are in, when the body
+        can be read without a greenlet (plain HTTP through LeanTransport, not compressed)."""
+        return self._stream(prompt, handover=True)
+
+    def _stream(self, prompt: Prompt, handover: bool) -> Iterator[StreamItem]:
         response = None
         reader = _Reader(self.model)
         try:
@@ -96,6 +104,9 @@ class OpenAIProvider:
             # The per-token loop, written out here rather than in a generator of the reader's:
             # each generator level costs a resumption per token and saved stack per stream.
             chunks = _body_chunks(response)
+            pump = BodyPump.of(response, reader) if handover else None
+            if pump is not None:
+                yield Handover(pump)  # resumed only when the consumer hands the reading back
             for chunk in chunks:
                 content = reader.feed(chunk)
                 if content:
@@ -116,9 +127,7 @@ class OpenAIProvider:
             raise ProviderError("upstream_timeout", "The model service did not answer in time.",
                                 "timeout") from None
         except (openai.APIConnectionError, httpx2.TransportError):
-            raise ProviderError("upstream_error",
-                                "The connection to the model service failed.",
-                                "connection") from None
+            raise connection_failed() from None
         finally:
             if response is not None:
                 response.close()
@@ -180,6 +189,58 @@ def _drain(chunks: Iterator[bytes]) -> None:
     with gevent.Timeout(DRAIN_SECONDS, False):  # type: ignore[arg-type]  # stubs lack False
         for _ in chunks:
             pass
+
+
+class BodyPump:
+    """A streamed answer's body read on its socket's readiness (``axrisi.stream.pump``): the same
+    network reads and parsing as the generator's loop, one non-blocking read per call."""
+
+    __slots__ = ("fileno", "_body", "_reader")
+
+    def __init__(self, fileno: int, body: Any, reader: _Reader) -> None:
+        self.fileno = fileno
+        self._body = body
+        self._reader = reader
+
+    @classmethod
+    def of(cls, response: httpx2.Response, reader: _Reader) -> BodyPump | None:
+        """A pump for this response, or None when its body must be read the blocking way."""
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        body = response.extensions.get(BODY_EXTENSION)
+        if encoding not in ("", "identity") or body is None:
+            return None
+        fileno = body.pullable()
+        return None if fileno is None else cls(fileno, body, reader)
+
+    def pull(self) -> list[StreamItem | ProviderError]:
+        reader = self._reader
+        try:
+            data, complete = self._body.pull()
+        except httpx2.TransportError:
+            return [connection_failed()]
+        items: list[StreamItem | ProviderError] = []
+        if data:
+            content = reader.feed(data)
+            if content:
+                items.append(content)
+            if reader.failure is not None:
+                items.append(reader.failure)
+                return items
+        if complete or reader.done:
+            try:
+                content = "" if reader.done else reader.feed_end()
+                if content:
+                    items.append(content)
+                items.append(reader.finish())
+            except ProviderError as failure:
+                items.append(failure)
+        return items
+
+
+def connection_failed() -> ProviderError:
+    """The client's sentence for a connection that failed or broke (never the address)."""
+    return ProviderError("upstream_error", "The connection to the model service failed.",
+                         "connection")
 
 
 def _environment_proxies() -> bool:

@@ -208,6 +208,36 @@ class _Body(httpx2.SyncByteStream):
             if message.body:
                 yield message.take_body()
 
+    def pullable(self) -> int | None:
+        """The socket's descriptor when :meth:`pull` may read it (plain TCP, not TLS, whose
+        object may hold decrypted bytes its readiness does not show), else None."""
+        sock = self._sock
+        if sock is None or self._wait_readable is None:
+            return None
+        return sock.fileno()
+
+    def pull(self) -> tuple[bytes, bool]:
+        """One non-blocking network read, parsed: the body bytes it carried (maybe none) and
+        whether the body is complete. For a reader driven by the socket's readiness, without a
+        greenlet of its own (``axrisi.stream.pump``); errors as :meth:`__iter__` raises them."""
+        message = self._message
+        if not message.body and not message.complete and self._sock is not None:
+            try:
+                data = getattr(self._sock, "_sock", self._sock).recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return b"", False
+            except OSError as error:
+                raise mapped(error, "read") from None
+            if data:
+                _feed(self._parser, data, None)
+            elif self._to_close:
+                message.complete = True
+            else:
+                raise httpx2.RemoteProtocolError(
+                    "peer closed connection without sending complete message body")
+        body = message.take_body() if message.body else b""
+        return body, message.complete or self._sock is None
+
     def _recv(self) -> bytes:
         assert self._sock is not None
         try:

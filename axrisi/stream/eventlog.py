@@ -104,7 +104,7 @@ class EventLog:
         """Add one event (``final`` marks the terminal one) and wake the followers."""
         if self.ended:
             return
-        if not final and self._cursors and self._near_a_cap() and self._full():
+        if not final and self.must_wait():
             self._wait_for_space()
         seq = self.next_seq
         frame = sse.event(f"{self.stream_id}-{seq}", data, name)
@@ -134,6 +134,10 @@ class EventLog:
         self._cursors.remove(cursor)
         if self._space is not None:
             self._space.set()
+
+    def must_wait(self) -> bool:
+        """True when an append now would wait for the slowest live follower (back pressure)."""
+        return bool(self._cursors) and self._near_a_cap() and self._full()
 
     def _near_a_cap(self) -> bool:
         """Cheap first check, per append: while the whole log is under both caps, no follower

@@ -11,6 +11,12 @@ closes the provider's iterator, which closes the upstream HTTP connection:
 
 The silence watchdog is one libev timer per stream, re-armed lazily: the per-token cost is a
 timestamp store, not a timer restart.
+
+Once the answer's headers are in, a provider that can (the OpenAI provider on plain HTTP through
+LeanTransport) hands its socket over and the rest is read by a libev watcher's callback, the
+pump: no greenlet waits per stream, so no switch per token and no saved stack per open stream
+(``docs/benchmarks.md``: 41 to 28 KB per held stream). TLS, a fallback upstream, compressed
+bodies and the local providers keep the greenlet.
 """
 
 from __future__ import annotations
@@ -23,7 +29,16 @@ from typing import Any
 import gevent
 from gevent import Greenlet, GreenletExit
 
-from ..providers.base import Finish, Prompt, Provider, ProviderError, StreamItem, Switched
+from ..providers.base import (
+    Finish,
+    Handover,
+    Prompt,
+    Provider,
+    ProviderError,
+    Pump,
+    StreamItem,
+    Switched,
+)
 from .eventlog import EventLog
 
 log = logging.getLogger(__name__)
@@ -66,6 +81,11 @@ class Generation:
         self._timer: Any = None
         self._entered = False
         self._pending: Interrupted | None = None
+        self._items: Iterator[StreamItem] | None = None
+        self._pumping = False
+        self._pump: Pump | None = None
+        self._watcher: Any = None
+        self._rest: list[StreamItem | ProviderError] = []
         self.greenlet: Greenlet[[], None] = Greenlet(self._run)
 
     @property
@@ -80,7 +100,14 @@ class Generation:
 
     def interrupt(self, code: str, message: str) -> None:
         """Stop the generation with a terminal error event; the upstream is closed promptly."""
-        if not self.running or self.greenlet.dead:
+        if not self.running:
+            return
+        if self._pumping:
+            if code == "upstream_timeout":
+                self.error_kind = "timeout"
+            self._stop_pump(code, {"error": message, "code": code})
+            return
+        if self.greenlet.dead:
             return
         if not self._entered:
             # Killing a greenlet that has not run yet would stop it from ever running, and the
@@ -91,15 +118,25 @@ class Generation:
 
     def _run(self) -> None:
         self._entered = True
-        items: Iterator[StreamItem] | None = None
+        self._guarded(self._read)
+
+    def _read(self) -> None:
+        if self._pending is not None:
+            raise self._pending
+        prompt, self.prompt = self.prompt, None
+        assert prompt is not None
+        # A provider that can hand its socket over (``Handover``) is read without a greenlet
+        # waiting per stream once its answer's headers are in: see ``_take_over``.
+        opener = getattr(self.provider, "stream_handover", self.provider.stream)
+        self._items = opener(prompt)
+        del prompt
+        self._relay(self._items)
+
+    def _guarded(self, body: Callable[[], None]) -> None:
+        """Run ``body`` in this greenlet; every way it ends writes the terminal event, and,
+        unless a pump reads on, closes the provider's iterator and calls the end hook."""
         try:
-            if self._pending is not None:
-                raise self._pending
-            prompt, self.prompt = self.prompt, None
-            assert prompt is not None
-            items = self.provider.stream(prompt)
-            del prompt
-            self._relay(items)
+            body()
         except Interrupted as stop:
             if stop.code == "upstream_timeout":
                 self.error_kind = "timeout"
@@ -108,22 +145,15 @@ class Generation:
             self._end("cancelled", {"error": "The stream was cancelled.", "code": "cancelled"})
             raise
         except ProviderError as error:
-            self.error_kind = error.kind
-            self._end(error.code, {"error": error.message, "code": error.code})
+            self._fail(error)
         except Exception:
             log.exception("generation failed")
             self._end("internal", {"error": INTERNAL_MESSAGE, "code": "internal"})
         finally:
-            self._disarm()
-            close = getattr(items, "close", None) if items is not None else None
-            if close is not None:
-                close()
-            # Called once and let go: the registry's hook closes over the stream, which holds
-            # this generation, and that cycle would keep the stream's events (its whole answer)
-            # alive after it expired until a full collection, which an idle worker never runs.
-            on_end, self.on_end = self.on_end, None
-            if on_end is not None:
-                on_end(self)
+            if not self._pumping:
+                self._disarm()
+                self._close_items()
+                self._call_on_end()
 
     def _relay(self, items: Iterator[StreamItem]) -> None:
         """The per-token loop: keep it to a timestamp, one append and nothing else."""
@@ -138,12 +168,128 @@ class Generation:
                 append({"content": item, "commandId": command_id})
             elif isinstance(item, Switched):  # the fallback upstream takes over (no event)
                 self.fallback_reason = item.reason
+            elif isinstance(item, Handover):
+                self._take_over(item.pump)
+                return
             else:
                 self.finish = item
                 self._end("done", _done_payload(item))
                 return
         raise ProviderError("upstream_error", "The model service ended the stream early.",
                             "ended_early")
+
+    # --- the pump: the answer read on its socket's readiness, in the hub
+
+    def _take_over(self, pump: Pump) -> None:
+        """Read the rest of the answer in a libev watcher's callback, and let this greenlet end.
+
+        A greenlet blocked on the upstream's socket costs a switch in and out of it for every
+        token and a saved stack for every open stream; a watcher costs neither. The callback
+        never blocks: an append that would wait (a follower a whole cap behind) hands the
+        reading back to a greenlet (``_hand_back``), and the end hooks, which may wait on Redis,
+        run in a greenlet of their own.
+        """
+        self._pump = pump
+        self._pumping = True
+        loop = gevent.get_hub().loop
+        self._watcher = loop.io(pump.fileno, 1)
+        self._watcher.start(self._on_readable)
+        loop.run_callback(self._on_readable)  # what came in with the headers, if anything
+
+    def _on_readable(self) -> None:
+        if not self._pumping:
+            return
+        try:
+            pulled = self._pump.pull() if self._pump is not None else []
+            self._deliver(pulled)
+        except Exception:  # a hub callback must not raise
+            log.exception("generation failed")
+            self._stop_pump("internal", {"error": INTERNAL_MESSAGE, "code": "internal"})
+
+    def _deliver(self, pulled: list[StreamItem | ProviderError]) -> None:
+        log_ = self.log
+        for index, item in enumerate(pulled):
+            self.last_activity = time.monotonic()
+            if isinstance(item, str):
+                if log_.must_wait():
+                    self._hand_back(pulled[index:])
+                    return
+                self._content(item)
+            elif isinstance(item, Finish):
+                self.finish = item
+                self._stop_pump("done", _done_payload(item))
+                return
+            elif isinstance(item, ProviderError):
+                self.error_kind = item.kind
+                self._stop_pump(item.code, {"error": item.message, "code": item.code})
+                return
+
+    def _hand_back(self, rest: list[StreamItem | ProviderError]) -> None:
+        """Back pressure: the pump stops and a greenlet appends what it pulled (waiting for
+        space) and reads the rest of the answer the blocking way, through the iterator."""
+        self._stop_watching()
+        self._rest = rest
+        self.greenlet = Greenlet(self._resume)
+        self.greenlet.start()
+
+    def _resume(self) -> None:
+        self._guarded(self._relay_rest)
+
+    def _relay_rest(self) -> None:
+        rest, self._rest = self._rest, []
+        for item in rest:
+            if isinstance(item, ProviderError):
+                raise item
+            if isinstance(item, Finish):
+                self.finish = item
+                self._end("done", _done_payload(item))
+                return
+            if isinstance(item, str):
+                self._content(item)
+        assert self._items is not None
+        self._relay(self._items)
+
+    def _content(self, piece: str) -> None:
+        if self.first_content_at is None:
+            self.first_content_at = time.monotonic()
+        self.content_pieces += 1
+        self.log.append({"content": piece, "commandId": self.log.stream_id})
+
+    def _stop_pump(self, outcome: str, payload: dict[str, Any]) -> None:
+        """The pump's end: the terminal event, the upstream closed at once, then the end hook
+        in a greenlet (it may block)."""
+        self._stop_watching()
+        self._disarm()
+        self._end(outcome, payload)
+        self._close_items()
+        self.greenlet = Greenlet(self._call_on_end)
+        self.greenlet.start()
+
+    def _stop_watching(self) -> None:
+        self._pumping = False
+        self._pump = None
+        if self._watcher is not None:  # before the socket closes: libev must not watch its fd
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+
+    def _fail(self, error: ProviderError) -> None:
+        self.error_kind = error.kind
+        self._end(error.code, {"error": error.message, "code": error.code})
+
+    def _close_items(self) -> None:
+        items, self._items = self._items, None
+        close = getattr(items, "close", None) if items is not None else None
+        if close is not None:
+            close()
+
+    def _call_on_end(self) -> None:
+        # Called once and let go: the registry's hook closes over the stream, which holds
+        # this generation, and that cycle would keep the stream's events (its whole answer)
+        # alive after it expired until a full collection, which an idle worker never runs.
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end(self)
 
     def _end(self, outcome: str, payload: dict[str, Any]) -> None:
         if self.outcome is not None:

@@ -1,4 +1,4 @@
-"""Writes an event straight to a client that is waiting for it, from the generation's greenlet.
+"""Writes an event straight to a client that is waiting for it, from where the generation appends.
 
 A relayed token used to cost two greenlet hand-offs besides the network: the generation appends
 to the event log and wakes the connection's greenlet (a hub callback and two switches), which
@@ -73,7 +73,8 @@ class DirectFollower(Event):
     def push(self, seq: int, frame: bytes) -> bool:
         """Send event ``seq`` now if the connection is idle at it; False: wake the connection.
 
-        Runs in the generation's greenlet, inside the log's append; never blocks.
+        Runs where the generation appends (its greenlet, or the pump's callback in the hub),
+        inside the log's append; never blocks.
         """
         if not self.idle or self.cursor.position != seq:
             return False

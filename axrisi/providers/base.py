@@ -74,12 +74,16 @@ class Switched:
     reason: str
 
 
+Pulled = str | Finish | ProviderError
+"""What a pump's read brings: content pieces, then possibly the end (a Finish) or a failure."""
+
+
 class Pump(Protocol):
     """The rest of an answer, read when its socket is readable rather than by a blocked greenlet."""
 
     fileno: int
 
-    def pull(self) -> list[StreamItem | ProviderError]:
+    def pull(self) -> list[Pulled]:
         """What one non-blocking read brought: content pieces, then possibly the Finish or the
         failure that ends the answer (nothing when the read found nothing). Never blocks."""
         ...

@@ -30,7 +30,7 @@ import httpx2
 import openai
 import orjson
 
-from .base import Finish, Handover, Prompt, ProviderError, StreamItem, Usage
+from .base import Finish, Handover, Prompt, ProviderError, Pulled, StreamItem, Usage
 from .transport import BODY_EXTENSION, LeanTransport
 
 log = logging.getLogger(__name__)
@@ -212,13 +212,13 @@ class BodyPump:
         fileno = body.pullable()
         return None if fileno is None else cls(fileno, body, reader)
 
-    def pull(self) -> list[StreamItem | ProviderError]:
+    def pull(self) -> list[Pulled]:
         reader = self._reader
         try:
             data, complete = self._body.pull()
         except httpx2.TransportError:
             return [connection_failed()]
-        items: list[StreamItem | ProviderError] = []
+        items: list[Pulled] = []
         if data:
             content = reader.feed(data)
             if content:

@@ -35,6 +35,7 @@ from ..providers.base import (
     Prompt,
     Provider,
     ProviderError,
+    Pulled,
     Pump,
     StreamItem,
     Switched,
@@ -82,10 +83,10 @@ class Generation:
         self._entered = False
         self._pending: Interrupted | None = None
         self._items: Iterator[StreamItem] | None = None
-        self._pumping = False
         self._pump: Pump | None = None
+        """Set while the pump reads the answer (no greenlet of this generation runs)."""
         self._watcher: Any = None
-        self._rest: list[StreamItem | ProviderError] = []
+        self._rest: list[Pulled] = []
         self.greenlet: Greenlet[[], None] = Greenlet(self._run)
 
     @property
@@ -102,10 +103,9 @@ class Generation:
         """Stop the generation with a terminal error event; the upstream is closed promptly."""
         if not self.running:
             return
-        if self._pumping:
-            if code == "upstream_timeout":
-                self.error_kind = "timeout"
-            self._stop_pump(code, {"error": message, "code": code})
+        if self._pump is not None:
+            self._interrupted(Interrupted(code, message))
+            self._wind_down()
             return
         if self.greenlet.dead:
             return
@@ -138,9 +138,7 @@ class Generation:
         try:
             body()
         except Interrupted as stop:
-            if stop.code == "upstream_timeout":
-                self.error_kind = "timeout"
-            self._end(stop.code, {"error": stop.message, "code": stop.code})
+            self._interrupted(stop)
         except GreenletExit:
             self._end("cancelled", {"error": "The stream was cancelled.", "code": "cancelled"})
             raise
@@ -150,7 +148,7 @@ class Generation:
             log.exception("generation failed")
             self._end("internal", {"error": INTERNAL_MESSAGE, "code": "internal"})
         finally:
-            if not self._pumping:
+            if self._pump is None:
                 self._disarm()
                 self._close_items()
                 self._call_on_end()
@@ -172,8 +170,7 @@ class Generation:
                 self._take_over(item.pump)
                 return
             else:
-                self.finish = item
-                self._end("done", _done_payload(item))
+                self._finished(item)
                 return
         raise ProviderError("upstream_error", "The model service ended the stream early.",
                             "ended_early")
@@ -190,23 +187,22 @@ class Generation:
         run in a greenlet of their own.
         """
         self._pump = pump
-        self._pumping = True
         loop = gevent.get_hub().loop
         self._watcher = loop.io(pump.fileno, 1)
         self._watcher.start(self._on_readable)
         loop.run_callback(self._on_readable)  # what came in with the headers, if anything
 
     def _on_readable(self) -> None:
-        if not self._pumping:
+        if self._pump is None:
             return
         try:
-            pulled = self._pump.pull() if self._pump is not None else []
-            self._deliver(pulled)
+            self._deliver(self._pump.pull())
         except Exception:  # a hub callback must not raise
             log.exception("generation failed")
-            self._stop_pump("internal", {"error": INTERNAL_MESSAGE, "code": "internal"})
+            self._end("internal", {"error": INTERNAL_MESSAGE, "code": "internal"})
+            self._wind_down()
 
-    def _deliver(self, pulled: list[StreamItem | ProviderError]) -> None:
+    def _deliver(self, pulled: list[Pulled]) -> None:
         log_ = self.log
         for index, item in enumerate(pulled):
             self.last_activity = time.monotonic()
@@ -215,16 +211,15 @@ class Generation:
                     self._hand_back(pulled[index:])
                     return
                 self._content(item)
-            elif isinstance(item, Finish):
-                self.finish = item
-                self._stop_pump("done", _done_payload(item))
-                return
-            elif isinstance(item, ProviderError):
-                self.error_kind = item.kind
-                self._stop_pump(item.code, {"error": item.message, "code": item.code})
+            else:
+                if isinstance(item, ProviderError):
+                    self._fail(item)
+                else:
+                    self._finished(item)
+                self._wind_down()
                 return
 
-    def _hand_back(self, rest: list[StreamItem | ProviderError]) -> None:
+    def _hand_back(self, rest: list[Pulled]) -> None:
         """Back pressure: the pump stops and a greenlet appends what it pulled (waiting for
         space) and reads the rest of the answer the blocking way, through the iterator."""
         self._stop_watching()
@@ -240,12 +235,11 @@ class Generation:
         for item in rest:
             if isinstance(item, ProviderError):
                 raise item
-            if isinstance(item, Finish):
-                self.finish = item
-                self._end("done", _done_payload(item))
-                return
             if isinstance(item, str):
                 self._content(item)
+            else:
+                self._finished(item)
+                return
         assert self._items is not None
         self._relay(self._items)
 
@@ -255,23 +249,30 @@ class Generation:
         self.content_pieces += 1
         self.log.append({"content": piece, "commandId": self.log.stream_id})
 
-    def _stop_pump(self, outcome: str, payload: dict[str, Any]) -> None:
-        """The pump's end: the terminal event, the upstream closed at once, then the end hook
-        in a greenlet (it may block)."""
+    def _wind_down(self) -> None:
+        """The pump's end, once the terminal event is written: the upstream closed at once, then
+        the end hook in a greenlet (it may block)."""
         self._stop_watching()
         self._disarm()
-        self._end(outcome, payload)
         self._close_items()
         self.greenlet = Greenlet(self._call_on_end)
         self.greenlet.start()
 
     def _stop_watching(self) -> None:
-        self._pumping = False
         self._pump = None
         if self._watcher is not None:  # before the socket closes: libev must not watch its fd
             self._watcher.stop()
             self._watcher.close()
             self._watcher = None
+
+    def _interrupted(self, stop: Interrupted) -> None:
+        if stop.code == "upstream_timeout":
+            self.error_kind = "timeout"
+        self._end(stop.code, {"error": stop.message, "code": stop.code})
+
+    def _finished(self, finish: Finish) -> None:
+        self.finish = finish
+        self._end("done", _done_payload(finish))
 
     def _fail(self, error: ProviderError) -> None:
         self.error_kind = error.kind

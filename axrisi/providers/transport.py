@@ -197,16 +197,20 @@ class _Body(httpx2.SyncByteStream):
         if message.body:
             yield message.take_body()
         while not message.complete and self._sock is not None:
-            data = self._recv()
-            if not data:
-                if self._to_close:  # a body delimited by the end of the connection
-                    message.complete = True
-                    break
-                raise httpx2.RemoteProtocolError(
-                    "peer closed connection without sending complete message body")
-            _feed(self._parser, data, None)
+            self._received(self._recv())
             if message.body:
                 yield message.take_body()
+
+    def _received(self, data: bytes) -> None:
+        """One network read: parsed, or at the end of the connection, the end of a body
+        delimited by it (else the body was cut short)."""
+        if data:
+            _feed(self._parser, data, None)
+        elif self._to_close:
+            self._message.complete = True
+        else:
+            raise httpx2.RemoteProtocolError(
+                "peer closed connection without sending complete message body")
 
     def pullable(self) -> int | None:
         """The socket's descriptor when :meth:`pull` may read it (plain TCP, not TLS, whose
@@ -228,13 +232,7 @@ class _Body(httpx2.SyncByteStream):
                 return b"", False
             except OSError as error:
                 raise mapped(error, "read") from None
-            if data:
-                _feed(self._parser, data, None)
-            elif self._to_close:
-                message.complete = True
-            else:
-                raise httpx2.RemoteProtocolError(
-                    "peer closed connection without sending complete message body")
+            self._received(data)
         body = message.take_body() if message.body else b""
         return body, message.complete or self._sock is None
 

@@ -175,11 +175,15 @@ def _body_chunks(http_response: httpx2.Response) -> Iterator[bytes]:
     chunker, decoder) per read; an SSE body is almost never compressed, and when it is, they
     are needed. LeanTransport names its body stream in the response's extensions.
     """
-    encoding = http_response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
+    if _uncompressed(http_response):
         body = http_response.extensions.get(BODY_EXTENSION, http_response.stream)
         return iter(body)
     return http_response.iter_bytes()
+
+
+def _uncompressed(http_response: httpx2.Response) -> bool:
+    encoding = http_response.headers.get("content-encoding", "identity").strip().lower()
+    return encoding in ("", "identity")
 
 
 def _drain(chunks: Iterator[bytes]) -> None:
@@ -192,8 +196,9 @@ def _drain(chunks: Iterator[bytes]) -> None:
 
 
 class BodyPump:
-    """A streamed answer's body read on its socket's readiness (``axrisi.stream.pump``): the same
-    network reads and parsing as the generator's loop, one non-blocking read per call."""
+    """A streamed answer's body read on its socket's readiness (the pump in
+    ``axrisi.stream.generation``): the same network reads and parsing as the generator's loop,
+    one non-blocking read per call."""
 
     __slots__ = ("fileno", "_body", "_reader")
 
@@ -205,9 +210,8 @@ class BodyPump:
     @classmethod
     def of(cls, response: httpx2.Response, reader: _Reader) -> BodyPump | None:
         """A pump for this response, or None when its body must be read the blocking way."""
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
         body = response.extensions.get(BODY_EXTENSION)
-        if encoding not in ("", "identity") or body is None:
+        if body is None or not _uncompressed(response):
             return None
         fileno = body.pullable()
         return None if fileno is None else cls(fileno, body, reader)

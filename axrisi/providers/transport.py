@@ -223,7 +223,8 @@ class _Body(httpx2.SyncByteStream):
     def pull(self) -> tuple[bytes, bool]:
         """One non-blocking network read, parsed: the body bytes it carried (maybe none) and
         whether the body is complete. For a reader driven by the socket's readiness, without a
-        greenlet of its own (``axrisi.stream.pump``); errors as :meth:`__iter__` raises them."""
+        greenlet of its own (the pump in ``axrisi.stream.generation``); errors as
+        :meth:`__iter__` raises them."""
         message = self._message
         if not message.body and not message.complete and self._sock is not None:
             try:

@@ -43,7 +43,10 @@ else:
 # set GEVENT_TRACK_GREENLET_TREE=true to have them back while debugging.
 os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
 
-bind = f"0.0.0.0:{_settings.port}"
+# Development mode mints a token for whoever opens its demo page, and that token spends the
+# operator's model when a key or OPENAI_BASE_URL is set: it listens on loopback only. gunicorn
+# applies GUNICORN_CMD_ARGS (and its command line) after this file, so `--bind` there still wins.
+bind = f"{'127.0.0.1' if _settings.development else '0.0.0.0'}:{_settings.port}"
 workers = _settings.web_concurrency
 worker_class = "gevent"
 # Open streams per worker are capped by AXRISI_MAX_STREAMS; leave room for short requests.

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import overload
+from typing import Literal, overload
 
 DEFAULT_MAX_STREAMS_FLOOR = 100
 BYTES_PER_STREAM_BUDGET = 64 * 1024
@@ -69,7 +69,10 @@ class Settings:
     openai_fallback_base_url: str | None = None
     openai_fallback_api_key: str | None = None
     fallback_model: str | None = None
-    trusted_proxies: int = 0
+    trusted_proxies: int | Literal["private"] = "private"
+    """Whose ``X-Forwarded-For`` to believe: ``private`` (a connection from a loopback or
+    private-network address, as PaaS routers and a proxy on the same host make), or that many hops
+    (0: none). ``axrisi/web/clientaddress.py`` applies it."""
     local_model: str | None = None
     """``AXRISI_LOCAL_MODEL``: ``smollm2``, a GGUF file, or ``owner/repo/file.gguf`` (the Hub)."""
     local_summary: str = "extractive"
@@ -146,7 +149,7 @@ class Settings:
             openai_fallback_base_url=e.url("OPENAI_FALLBACK_BASE_URL"),
             openai_fallback_api_key=e.text("OPENAI_FALLBACK_API_KEY"),
             fallback_model=e.text("AXRISI_FALLBACK_MODEL"),
-            trusted_proxies=e.integer("AXRISI_TRUSTED_PROXIES", 0, low=0, high=10),
+            trusted_proxies=e.proxies("AXRISI_TRUSTED_PROXIES"),
             local_model=e.local_model("AXRISI_LOCAL_MODEL"),
             local_summary=e.choice("AXRISI_LOCAL_SUMMARY", ("extractive", "model"),
                                    "extractive"),
@@ -302,6 +305,16 @@ class _Env:
                                   f"not {value!r}.")
             chosen.append(match)
         return ",".join(dict.fromkeys(chosen))
+
+    def proxies(self, name: str) -> int | Literal["private"]:
+        """``private`` (the default) or a number of proxy hops from 0 to 10."""
+        value = self.text(name)
+        if value is None or value.lower() == "private":
+            return "private"
+        if not (value.isascii() and value.isdigit()) or int(value) > 10:
+            raise ConfigError(f"{name} must be private or a number of proxy hops from 0 to 10, "
+                              f"not {value!r}.")
+        return int(value)
 
     def url(self, name: str) -> str | None:
         value = self.text(name)

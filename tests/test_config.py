@@ -289,9 +289,19 @@ def test_auth_failure_limit_and_trusted_proxies() -> None:
     s = Settings.from_env({**BASE, "AXRISI_AUTH_FAILURE_LIMIT": "10/minute",
                            "AXRISI_TRUSTED_PROXIES": "2"})
     assert (s.auth_failure_limit, s.trusted_proxies) == ("10/minute", 2)
-    for bad in ({"AXRISI_AUTH_FAILURE_LIMIT": "lots"}, {"AXRISI_TRUSTED_PROXIES": "-1"}):
-        with pytest.raises(ConfigError):
+    for bad in ({"AXRISI_AUTH_FAILURE_LIMIT": "lots"}, {"AXRISI_TRUSTED_PROXIES": "-1"},
+                {"AXRISI_TRUSTED_PROXIES": "11"}, {"AXRISI_TRUSTED_PROXIES": "all"},
+                {"AXRISI_TRUSTED_PROXIES": "²"}):
+        with pytest.raises(ConfigError, match="AXRISI_TRUSTED_PROXIES|AXRISI_AUTH_FAILURE"):
             Settings.from_env({**BASE, **bad})
+
+
+def test_proxies_on_private_networks_are_trusted_by_default() -> None:
+    """Behind nginx or a PaaS router the client's address is believed without a setting."""
+    assert Settings.from_env(BASE).trusted_proxies == "private"
+    assert Settings.from_env({**BASE, "AXRISI_TRUSTED_PROXIES": "Private"}).trusted_proxies \
+        == "private"
+    assert Settings.from_env({**BASE, "AXRISI_TRUSTED_PROXIES": "0"}).trusted_proxies == 0
 
 
 def test_local_model_defaults() -> None:

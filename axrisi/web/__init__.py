@@ -10,13 +10,13 @@ from dataclasses import replace
 from typing import Any, cast
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Settings
 from ..shared import SharedState
 from ..shared.counters import Lease
 from ..stream.ending import StreamEnd
 from ..stream.registry import Stream, StreamRegistry
+from .clientaddress import trust_proxies
 from .lifecycle import Lifecycle
 from .loginguard import LoginGuard
 from .services import KEY, Services, services
@@ -44,8 +44,9 @@ def install(app: Flask, settings: Settings, registry: StreamRegistry,
     app.extensions[KEY] = Services(settings, registry, limits_,
                                     Lifecycle(registry, settings.max_streams), shared, guard,
                                     VerifiedTokens(enabled=not settings.jwt_jwks_url))
-    if settings.trusted_proxies:  # believe that many hops of X-Forwarded-For, no more
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]  # werkzeug's documented way
+    # Flask documents replacing wsgi_app with middleware; mypy sees a method assigned.
+    app.wsgi_app = trust_proxies(  # type: ignore[method-assign,assignment]
+        app.wsgi_app, settings.trusted_proxies)
     requestlog.init_app(app)
     errors.init_app(app)
     auth.init_app(app, settings)

@@ -9,12 +9,15 @@ requests are refused before their token is even decoded: a flood costs one dicti
 per request, and a valid user pays nothing (only failures touch the counter). Refusals are
 logged in aggregate (one line per :data:`REPORT_SECONDS`), not one line each.
 
-The address is ``REMOTE_ADDR``; behind proxies, ``AXRISI_TRUSTED_PROXIES`` hops of
-``X-Forwarded-For`` are believed (werkzeug's ``ProxyFix``), no more.
+The address is ``REMOTE_ADDR`` as ``clientaddress.py`` leaves it: behind the deployment's own
+proxies, the client's address from ``X-Forwarded-For`` (``AXRISI_TRUSTED_PROXIES``). An IPv6
+client is counted by its /64 network: one subscriber commonly holds a whole /64, and would
+otherwise get a fresh allowance from each of its 2^64 addresses.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -35,6 +38,16 @@ MAX_REMEMBERED = 100_000
 """Blocked addresses one worker remembers at most (a flood from many addresses stays bounded)."""
 
 
+def counted_as(address: str) -> str:
+    """What failures are counted under: the address, or an IPv6 address's /64 network."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    except ValueError:
+        return address
+
+
 class LoginGuard:
     """Counts failed logins per address; refuses an address past the limit."""
 
@@ -50,6 +63,7 @@ class LoginGuard:
 
     def check(self, address: str) -> None:
         """Refuse an address this worker knows is past the limit (no token is decoded)."""
+        address = counted_as(address)
         until = self.blocked.get(address)
         if until is None:
             return
@@ -61,6 +75,7 @@ class LoginGuard:
 
     def failed(self, address: str) -> None:
         """Count a failed authentication; past the limit, refuse it (429, not 401)."""
+        address = counted_as(address)
         for item in self.items:
             if not self.limiter.hit(item, "login-failures", address):
                 reset, _left = self.limiter.get_window_stats(item, "login-failures", address)

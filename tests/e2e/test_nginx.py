@@ -4,8 +4,8 @@ Debian's nginx runs the site file as shipped, changed in two places only: its ``
 becomes a free loopback port and its ``server 127.0.0.1:8000`` becomes the test gunicorn's
 port. Everything nginx writes goes to a temporary directory. The tests check that tokens pass
 through one at a time and are not buffered into one lump. They also check heartbeats, client
-hang-ups, request ids, both body limits, keep-alive to gunicorn, and nginx's answer while
-gunicorn is down.
+hang-ups, request ids, both body limits, keep-alive to gunicorn, nginx's answer while
+gunicorn is down, and that the default AXRISI_TRUSTED_PROXIES tells nginx's clients apart.
 
 Where nginx is missing the tests skip, except under ``CI=true`` where they fail: CI installs
 ``nginx-light``.
@@ -13,6 +13,7 @@ Where nginx is missing the tests skip, except under ``CI=true`` where they fail:
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import requests
 
 from tests.fake_upstream import FakeUpstream, Scenario
 
-from .client import SSEConnection, auth, content_of
+from .client import SSEConnection, auth, content_of, make_token
 from .procnet import children
 from .servers import ROOT, Gunicorn, free_port, require_binary
 
@@ -312,3 +313,47 @@ def test_gunicorn_down_is_the_contracts_503() -> None:
     assert response.headers["Retry-After"] == "2"
     assert response.headers["X-Request-ID"] == "down-1"
     assert response.json()["code"] == "unavailable"
+
+
+GOOD_CLIENT, ATTACKER = "127.0.0.2", "127.0.0.3"  # two clients of nginx on loopback
+
+
+def post_from(source: str, proxy: Nginx, token: str, key: str) -> tuple[int, str]:
+    """``POST /api/run`` through nginx from the local address ``source``; status and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        conn.request("POST", "/api/run", body=json.dumps(run_body(key)),
+                     headers={"Authorization": f"Bearer {token}",
+                              "Content-Type": "application/json"})
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
+def test_one_clients_bad_tokens_never_block_another(upstream: FakeUpstream) -> None:
+    """Behind the shipped site with the default AXRISI_TRUSTED_PROXIES, failed logins are counted
+    per client, not for nginx's address: a client flooding bad tokens gets 429, and another
+    client is still served. gunicorn's access log names each client, not nginx."""
+    key = unique_key("nginx-guard")
+    upstream.add_scenario(key, Scenario(tokens=["served"]))
+    env = {"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "k",
+           "AXRISI_AUTH_FAILURE_LIMIT": "5/minute", "AXRISI_RATE_LIMIT": "1000/minute",
+           "AXRISI_MAX_STREAMS_PER_USER": "0", "GUNICORN_CMD_ARGS": "--access-logfile -"}
+    good = make_token(f"good-{uuid.uuid4().hex[:6]}")
+    with Gunicorn(env) as server:
+        proxy = Nginx(nginx_binary(), server.port).start()
+        try:
+            before = post_from(GOOD_CLIENT, proxy, good, key)
+            bad = [post_from(ATTACKER, proxy, "garbage", key)[0] for _ in range(8)]
+            after = post_from(GOOD_CLIENT, proxy, good, key)
+        finally:
+            proxy.stop()
+        log = server.log()
+    assert before[0] == 200 and "served" in before[1]
+    assert bad == [401] * 5 + [429] * 3
+    assert after[0] == 200 and "served" in after[1]
+    access = [line for line in log.splitlines() if '"POST /api/run' in line]
+    assert sum(line.startswith(ATTACKER + " ") for line in access) == 8, access
+    assert sum(line.startswith(GOOD_CLIENT + " ") for line in access) == 2, access

@@ -6,11 +6,15 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from .client import SSEConnection, content_of, make_token
 from .servers import ROOT, TEST_SECRET, Gunicorn
+
+DEVELOPMENT = {"AXRISI_ENV": "development", "JWT_SECRET_KEY": None, "JWT_AUDIENCE": None,
+               "JWT_ISSUER": None, "AXRISI_LOCAL_PACE_SECONDS": "0"}
 
 
 @pytest.mark.parametrize(("env", "setting"), [
@@ -36,9 +40,7 @@ def test_refuses_to_start_on_a_bad_setting(env: dict, setting: str) -> None:
 
 def test_development_mode_prints_a_working_token() -> None:
     """AXRISI_ENV=development starts without a secret and prints a token that works."""
-    env = {"AXRISI_ENV": "development", "JWT_SECRET_KEY": None, "JWT_AUDIENCE": None,
-           "JWT_ISSUER": None, "AXRISI_LOCAL_PACE_SECONDS": "0"}
-    with Gunicorn(env) as gunicorn:
+    with Gunicorn(DEVELOPMENT) as gunicorn:
         deadline = time.monotonic() + 10
         while "TOKEN=" not in gunicorn.log() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -50,6 +52,37 @@ def test_development_mode_prints_a_working_token() -> None:
     assert conn.status == 200
     assert events[-1].json["done"] is True and events[-1].json["model"] == "local"
     assert "MonkeyPatchWarning" not in gunicorn.log()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on ``port`` (/proc/net/tcp, tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+LOOPBACK, ANY = "0100007F", "00000000"  # 127.0.0.1 and 0.0.0.0 as /proc/net/tcp spells them
+
+
+@pytest.mark.parametrize(("env", "where"), [
+    pytest.param(DEVELOPMENT, {LOOPBACK}, id="development-loopback-only"),
+    pytest.param({}, {ANY}, id="production-all-interfaces"),
+    pytest.param({**DEVELOPMENT, "GUNICORN_CMD_ARGS": "--bind 0.0.0.0:{port}"}, {ANY},
+                 id="development-bound-elsewhere-on-request"),
+])
+def test_development_mode_listens_on_loopback_only(env: dict, where: set[str]) -> None:
+    """Development mode hands tokens to whoever asks: it listens on 127.0.0.1 unless
+    GUNICORN_CMD_ARGS binds elsewhere; production listens on every interface."""
+    gunicorn = Gunicorn(env)
+    if "GUNICORN_CMD_ARGS" in env:
+        gunicorn.env["GUNICORN_CMD_ARGS"] = env["GUNICORN_CMD_ARGS"].format(port=gunicorn.port)
+    with gunicorn:
+        assert listening_addresses(gunicorn.port) == where
 
 
 def test_token_command_mints_a_token_for_the_secret() -> None:

@@ -2,7 +2,9 @@
 explorers and contract tests (``tests/e2e/test_openapi.py`` runs schemathesis against it).
 
 The document is ``openapi.json`` beside this module, kept by hand next to docs/API.md; what
-depends on the settings (the longest text) is filled in when it is served.
+depends on the settings (the longest text) is filled in when it is served. ``tests/test_api_doc.py``
+holds both to the code's routes and error codes, ``tests/test_openapi_answers.py`` to the routes'
+real answers.
 """
 
 from __future__ import annotations

@@ -44,4 +44,4 @@ def prometheus() -> Response:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise Unauthorized()
     metrics.count_greenlets()
-    return Response(generate_latest(metrics.registry()), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.registry()), content_type=CONTENT_TYPE_LATEST)

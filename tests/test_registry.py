@@ -106,6 +106,48 @@ def test_grace_keeps_generating_until_a_client_comes_back_or_it_runs_out(
     assert stream.end.outcome == ("shutting_down" if comes_back else "cancelled")
 
 
+def test_a_grace_runs_out_only_when_someone_can_tell_nobody_came_back() -> None:
+    """"Cannot tell" (Redis unreachable) keeps the stream going; a reader elsewhere too; only
+    a clear "nobody" ends the grace."""
+    answers: list[bool | None] = [None, None, True, None, False]
+    asked: list[bool | None] = []
+
+    def attached_elsewhere(_stream_id: int) -> bool | None:
+        asked.append(answers[len(asked)])
+        return asked[-1]
+
+    provider = SlowProvider(10_000, 0.01)
+    registry = StreamRegistry(provider, LocalIds(), upstream_timeout=5.0,
+                              retention=Retention(grace_seconds=0.05, unsure_seconds=30.0),
+                              owner_key=lambda u: u, attached_elsewhere=attached_elsewhere)
+    stream = registry.start("alice", REQUEST)
+    registry.attach(stream)
+    registry.detach(stream)
+    stream.generation.greenlet.join(5)
+    assert asked == answers
+    assert stream.end is not None and stream.end.outcome == "cancelled"
+
+
+def test_cannot_tell_goes_on_for_at_most_the_unsure_bound() -> None:
+    """A worker that never sees Redis again ends its stream after ``unsure_seconds``."""
+    asked: list[int] = []
+
+    def cannot_tell(stream_id: int) -> bool | None:
+        asked.append(stream_id)
+        return None
+
+    provider = SlowProvider(10_000, 0.01)
+    registry = StreamRegistry(provider, LocalIds(), upstream_timeout=5.0,
+                              retention=Retention(grace_seconds=0.05, unsure_seconds=0.3),
+                              owner_key=lambda u: u, attached_elsewhere=cannot_tell)
+    stream = registry.start("alice", REQUEST)
+    registry.attach(stream)
+    registry.detach(stream)
+    stream.generation.greenlet.join(5)
+    assert stream.end is not None and stream.end.outcome == "cancelled"
+    assert len(asked) >= 3 and provider.closed
+
+
 def test_finished_streams_expire_on_time_without_a_request() -> None:
     """Nothing else happens in the worker: the finished stream still goes at its TTL, its bytes
     counted for the heap trim, and no timer stays armed with nothing left to keep."""

@@ -50,7 +50,8 @@ def connect(settings: Settings, url: str) -> SharedState:
                          lease_seconds=settings.stream_lease_seconds)
     events = RedisEvents(store, mirror, settings.resume_ttl_seconds,
                          lease_seconds=settings.stream_lease_seconds,
-                         block_seconds=follow_block_seconds(settings))
+                         block_seconds=follow_block_seconds(settings),
+                         quiet_seconds=settings.resume_grace_seconds)
     mirror.start()
     return SharedState(store, SharedIds(store), mirror, events,
                        StopRequests(store, mirror.worker_id))

@@ -1,9 +1,10 @@
 """Resumable streams across processes: the reading side of the events mirrored to Redis.
 
 A client whose reconnect lands on another worker or instance is served from the Redis stream
-that :mod:`axrisi.shared.mirror` writes, whose entry ids are the events' own ids
-(``<commandId>-<n>`` is a valid Redis stream id, and increases): ``XREAD`` from the id the
-client last saw is the replay and the live tail in one loop.
+that :mod:`axrisi.shared.mirror` writes, one entry per flush whose id is the id of the last
+event it holds (``<commandId>-<n>`` is a valid Redis stream id, and increases): ``XREAD`` from
+the id the client last saw is the replay and the live tail in one loop, the first entry cut
+where the client is (:func:`split_entry`).
 
 What a reader can conclude, and what it cannot:
 
@@ -83,6 +84,24 @@ def seq_of(entry_id: bytes | str) -> int:
     return int(text.rpartition("-")[2])
 
 
+def split_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[int, list[bytes]]:
+    """A stream entry's first position and its frames (``mirror.py`` writes one entry per
+    flush: the frames back to back in ``f``, their lengths in ``n`` when there are several)."""
+    last = seq_of(entry_id)
+    first = int(fields.get(b"s", last))
+    blob, lengths = fields[b"f"], fields.get(b"n")
+    if lengths is None:
+        frames = [blob]
+    else:
+        frames, offset = [], 0
+        for length in map(int, lengths.split(b",")):
+            frames.append(blob[offset:offset + length])
+            offset += length
+    if len(frames) != last - first + 1:
+        raise StreamLost("a malformed entry")
+    return first, frames
+
+
 _PROBE = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then
@@ -102,7 +121,12 @@ end
 if owner ~= ARGV[1] then return {'unknown'} end
 local first, top, ended = 0, -1, 0
 local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '%-(%d+)$')) end
+if #oldest > 0 then
+  first = tonumber(string.match(oldest[1][1], '%-(%d+)$'))
+  for i = 1, #oldest[1][2], 2 do
+    if oldest[1][2][i] == 's' then first = tonumber(oldest[1][2][i + 1]) end
+  end
+end
 local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #newest > 0 then
   top = tonumber(string.match(newest[1][1], '%-(%d+)$'))
@@ -130,7 +154,7 @@ end
 if ARGV[3] == '0' then return 'orphan' end
 local id = ARGV[1] .. '-' .. (top + 1)
 local frame = 'id: ' .. id .. '\\nevent: error\\ndata: ' .. ARGV[4] .. '\\n\\n'
-redis.call('XADD', KEYS[1], id, 'f', frame, 't', '1')
+redis.call('XADD', KEYS[1], id, 's', top + 1, 'f', frame, 't', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 'ended'
@@ -154,8 +178,10 @@ class RedisEvents:
     """The Redis side of resumable streams for readers: look-ups and a blocking follower."""
 
     def __init__(self, store: SharedStore, mirror: EventMirror, ttl_seconds: int,
-                 lease_seconds: float, block_seconds: float) -> None:
+                 lease_seconds: float, block_seconds: float, quiet_seconds: float = 0.0) -> None:
         self.store = store
+        self.quiet_seconds = quiet_seconds
+        """How long Redis must have answered before "not attached" is believed (the grace)."""
         self.mirror = mirror
         self.ttl_ms = ttl_seconds * 1000
         self.lease_seconds = lease_seconds
@@ -257,11 +283,12 @@ class RedisEvents:
                 continue
             frames, ended = [], False
             for entry_id, fields in _entries(reply):
-                if seq_of(entry_id) != position:
+                first, batch = split_entry(entry_id, fields)
+                if first > position:
                     raise StreamLost("a gap in the events")
-                position += 1
+                frames += batch[position - first:]
+                position = first + len(batch)
                 last = entry_id
-                frames.append(fields[b"f"])
                 ended = ended or b"t" in fields
             watch.reset()
             yield frames
@@ -298,11 +325,18 @@ class RedisEvents:
         self.store.run(lambda r: r.delete(attached_key(stream_id)), lambda: None,
                        "resume_detach")
 
-    def is_attached(self, stream_id: int) -> bool:
-        """Whether a reader elsewhere follows the stream; True when Redis cannot tell, so that
-        an outage never cancels a stream that somebody may be reading."""
-        return bool(self.store.run(lambda r: r.exists(attached_key(stream_id)), lambda: 1,
-                                   "resume_is_attached"))
+    def is_attached(self, stream_id: int) -> bool | None:
+        """Whether a reader elsewhere follows the stream; None when nobody can tell: Redis does
+        not answer, or did not for a while within the last ``quiet_seconds`` (a reader who came
+        back meanwhile got 503s and may not have attached yet). An outage never cancels a
+        stream that somebody may be reading."""
+        attached = self.store.run(lambda r: r.exists(attached_key(stream_id)), lambda: None,
+                                  "resume_is_attached")
+        if attached:
+            return True
+        if attached is None or self.store.troubled_within(self.quiet_seconds):
+            return None
+        return False
 
 
 class _OrphanWatch:

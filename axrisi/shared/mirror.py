@@ -1,22 +1,36 @@
 """The writing side of resumable streams: this worker's events, copied to Redis in order.
 
 Every stream's :class:`~axrisi.stream.eventlog.EventLog` already holds its events; the mirror only
-remembers, per stream, the highest event Redis is known to hold (``written``) and which streams
-have more (``dirty``). One writer greenlet per worker copies the difference in one pipeline, one
-batch at a time, so batches can never overtake each other (Redis refuses an entry id below the
-stream's top). What cannot be written now stays unwritten in the log and goes out, in order,
-when Redis answers again: nothing is dropped while the stream is resumable, within the log's
-own cap (``AXRISI_RESUME_MAX_EVENTS``).
+remembers, per stream, the highest event Redis is known to hold (``written``) and whether more
+wait. One writer greenlet per worker copies the difference in one pipeline, one batch at a time,
+so batches can never overtake each other. What cannot be written now stays unwritten in the log
+and goes out, in order, when Redis answers again: nothing is dropped while the stream is
+resumable, within the log's own cap (``AXRISI_RESUME_MAX_EVENTS``).
 
-Writes are idempotent: a Lua script adds only the entries above the stream's top and refuses a
-batch that would leave a hole, answering the top instead; the writer then resends from there.
-That one check also heals the loss of Redis's data (a restart without persistence): the worker's
-heartbeat notices that Redis forgot it, marks every stream it still keeps as dirty, and the
-script's answers rewind each one to what Redis really holds.
+**What Redis spends per token.** Redis runs commands on one core, so its work per relayed token
+is the deployment's ceiling. A stream's events reach Redis as one stream entry per flush, not
+one per event: the entry's id is its last event's id (``<commandId>-<n>``), its fields the first
+position (``s``), the frames back to back (``f``) with their lengths (``n``), and ``t`` when it
+holds the terminal event; readers split it (:mod:`axrisi.shared.events`). A stream's events are
+written at most :data:`BATCH_SECONDS` after they were appended (how far a reader on another
+instance may lag), its first write and its end at once (:data:`FLUSH_SECONDS`). The writer knows
+each stream's top, so a flush is one plain ``XADD`` with that id and ``NOMKSTREAM``: Redis itself
+refuses an id at or below the stream's top (a write that landed although its reply was lost) and
+a stream it lost (a restart, an eviction). Expiries are set when a stream starts and ends (and
+renewed every third of the running TTL for long streams), not per flush.
+
+**The slow path checks.** Whenever the writer cannot be sure what Redis holds (a write refused
+or unanswered, Redis forgot this worker, its own lease may have lapsed so that a reader elsewhere
+may have ended the stream as an orphan), the stream's next write is a Lua script that reads the
+stream's top first: it adds the entry only right above the top, refuses one that would leave a
+hole (answering the top; the writer then resends from there) and stops at a terminal event. The
+same check heals the loss of Redis's data (a restart without persistence): the worker's
+heartbeat notices that Redis forgot it and marks every stream it still keeps for the slow path,
+whose answers rewind each one to what Redis really holds.
 
 The heartbeat (every :data:`HEARTBEAT_SECONDS`) also publishes what readers elsewhere need to
 tell "unknown" from "not written yet" and "running" from "orphaned": this worker's lease in
-``axrisi:workers`` and the time up to which every stream it started is in Redis
+``axrisi:workers`` and the time up to which every event it appended is in Redis
 (``axrisi:synced``). See :mod:`axrisi.shared.events` for the reading side.
 """
 
@@ -27,11 +41,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gevent
 import redis
 from gevent.event import Event
+from redis.typing import EncodableT, FieldT
 
 from ..stream.eventlog import EventLog
 from .store import OUTAGE_ERRORS, SharedStore
@@ -39,7 +54,10 @@ from .store import OUTAGE_ERRORS, SharedStore
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.005
-"""How long the writer lets events gather before it writes them (one pipeline per batch)."""
+"""How long urgent writes (a stream's first events, its end) gather before one pipeline."""
+BATCH_SECONDS = 0.2
+"""The longest an event waits before it is written to Redis: a reader on another instance is at
+most this (plus a round trip) behind. Longer batches cost Redis less per token."""
 HEARTBEAT_SECONDS = 1.0
 MAX_FRAMES_PER_WRITE = 1000
 BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.25)
@@ -80,27 +98,23 @@ if #newest > 0 then
     if fields[i] == 't' then return {top, 1} end
   end
 end
-local first = tonumber(ARGV[2])
-if first > top + 1 and ARGV[3] == '0' then return {top, 2} end
-local final = tonumber(ARGV[8])
-for i = 9, #ARGV do
-  local seq = first + i - 9
-  if seq > top then
-    local id = ARGV[1] .. '-' .. seq
-    if i - 8 == final then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], id, 'f', ARGV[i], 't', '1')
-    else
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], id, 'f', ARGV[i])
-    end
-    top = seq
-  end
+local first, last = tonumber(ARGV[2]), tonumber(ARGV[3])
+if last >= first then
+  if first ~= top + 1 and not (first > top + 1 and ARGV[4] == '1') then return {top, 2} end
+  local entry = {'s', ARGV[2], 'f', ARGV[10]}
+  if ARGV[11] ~= '' then table.insert(entry, 'n'); table.insert(entry, ARGV[11]) end
+  if ARGV[9] == '1' then table.insert(entry, 't'); table.insert(entry, '1') end
+  redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1] .. '-' .. ARGV[8], ARGV[1] .. '-' .. last,
+             unpack(entry))
+  top = last
 end
-redis.call('HSET', KEYS[2], 'owner', ARGV[5], 'worker', ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if top >= 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+redis.call('HSET', KEYS[2], 'owner', ARGV[6], 'worker', ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if top >= 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return {top, 0}
 """
-"""Add a stream's events from ARGV[2] on; answers {top, 0 written | 1 ended | 2 a hole}."""
+"""The checked write: one entry of positions ARGV[2]..ARGV[3] right above the top (or past a
+hole the log's cap made, ARGV[4] = 1); answers {top, 0 written | 1 ended | 2 not right above}."""
 
 _HEARTBEAT = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
@@ -122,9 +136,29 @@ class Mirrored:
     owner: str
     written: int = -1
     """The highest event position Redis is known to hold (-1: none)."""
+    created: bool = False
+    """The stream's keys and their expiries are in Redis: later writes are plain XADDs."""
+    checked: bool = False
+    """The next write must go through the script: what Redis holds is not known for sure."""
     done: bool = False
     """The terminal event is in Redis: nothing more to write unless Redis loses it."""
     ended_at: float | None = None
+    dirty_ms: int | None = None
+    """Since when (ms since the epoch) events wait to be written; None: none wait."""
+    refresh_at: float = 0.0
+    """When (monotonic) the running stream's expiries are renewed."""
+
+
+@dataclass
+class _Write:
+    """One stream's part of a pipeline: what it queued and what success would mean."""
+
+    entry: Mirrored
+    kind: str
+    """``none``, ``create``, ``append`` (plain XADD) or ``checked`` (the script)."""
+    last: int = -1
+    commands: int = 0
+    queued_ms: int = field(default_factory=lambda: now_ms())
 
 
 class EventMirror:
@@ -139,10 +173,18 @@ class EventMirror:
         self.lease_ms = int(lease_seconds * 1000)
         self.worker_id = uuid.uuid4().hex
         self.streams: dict[int, Mirrored] = {}
-        self.dirty: dict[int, Mirrored] = {}
+        self.urgent: dict[int, Mirrored] = {}
+        """Streams to write in the next pipeline: new ones, ended ones, ones to check."""
+        self.waiting: dict[int, Mirrored] = {}
+        """Streams with events for the next tick."""
+        self.tick_at: float | None = None
+        """When (monotonic) the waiting streams are written: :data:`BATCH_SECONDS` after the
+        first of them (None: none waits)."""
         self.synced_ms = 0
         self.first_beat_ms = 0
         """When this worker first registered in Redis (0: not yet)."""
+        self.beat_at = float("-inf")
+        """When (monotonic) Redis last renewed this worker's lease."""
         self._starting: list[int] = []
         self._wake = Event()
         self._append = store.background.register_script(_APPEND)
@@ -165,19 +207,24 @@ class EventMirror:
     def track(self, event_log: EventLog, owner: str) -> None:
         """Mirror this stream from now on (its events reach the mirror via :meth:`on_append`)."""
         entry = Mirrored(event_log, owner)
+        # Until its keys are in Redis, this worker's synced time stays at or below its id.
+        entry.dirty_ms = min(now_ms(), event_log.stream_id)
         self.streams[event_log.stream_id] = entry
-        self.dirty[event_log.stream_id] = entry
-        self._wake.set()
+        self._urge(entry)
 
     def on_append(self, event_log: EventLog, _seq: int, _frame: bytes, final: bool) -> None:
-        """EventLog hook: the stream has more to write; the writer picks it up within ms."""
+        """EventLog hook: the stream has more to write. Its first events and its end are
+        written at once; the rest within :data:`BATCH_SECONDS`, many events per write."""
         entry = self.streams.get(event_log.stream_id)
         if entry is None:
             return
         if final:
             entry.ended_at = time.monotonic()
-        self.dirty[event_log.stream_id] = entry
-        self._wake.set()
+            self._urge(entry)
+        elif not entry.created:
+            self._urge(entry)
+        elif entry.dirty_ms is None:
+            self._schedule(entry, now_ms())
 
     def wait_written(self, stream_id: int, timeout: float) -> bool:
         """Block until the stream's terminal event is in Redis (False after ``timeout``: Redis
@@ -194,7 +241,23 @@ class EventMirror:
     def forget(self, stream_id: int) -> None:
         """The registry dropped the stream (its TTL or the memory cap): stop keeping it."""
         self.streams.pop(stream_id, None)
-        self.dirty.pop(stream_id, None)
+        self.urgent.pop(stream_id, None)
+        self.waiting.pop(stream_id, None)
+
+    def _urge(self, entry: Mirrored) -> None:
+        if entry.dirty_ms is None:
+            entry.dirty_ms = now_ms()
+        self.urgent[entry.log.stream_id] = entry
+        self._wake.set()
+
+    def _schedule(self, entry: Mirrored, since_ms: int) -> None:
+        """For the next tick: one pipeline writes every waiting stream (few pipelines a
+        second however many streams, so Redis's cost per pipeline is shared)."""
+        entry.dirty_ms = since_ms
+        self.waiting[entry.log.stream_id] = entry
+        if self.tick_at is None:
+            self.tick_at = time.monotonic() + BATCH_SECONDS
+            self._wake.set()  # the writer may be asleep until its next heartbeat
 
     # The writer ------------------------------------------------------------------------------
 
@@ -204,34 +267,50 @@ class EventMirror:
             self._writer = gevent.spawn(self._write_forever)
 
     def _synced_now(self) -> int:
-        """The time before which every stream of this worker is tracked (ids are >= it)."""
-        return min([now_ms(), *self._starting])
+        """The time before which every event this worker appended is in Redis."""
+        waiting = [e.dirty_ms for e in self.streams.values() if e.dirty_ms is not None]
+        return min([now_ms(), *self._starting, *waiting])
 
     def _write_forever(self) -> None:
-        """Write what is dirty, in one pipeline at a time; heartbeat every second meanwhile."""
+        """Write what is due, one pipeline at a time; heartbeat every second meanwhile."""
         failures = 0
         next_beat = 0.0
         while True:
             if time.monotonic() >= next_beat:
                 beat = self._beat()
                 next_beat = time.monotonic() + (HEARTBEAT_SECONDS if beat else BACKOFF_SECONDS[-1])
-            if self.dirty and not self._flush():
-                gevent.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])
-                failures += 1
-                continue
-            failures = 0
-            if not self.dirty:
-                self._wake.wait(max(0.0, next_beat - time.monotonic()))
-                gevent.sleep(FLUSH_SECONDS)  # let a burst of appends gather into one write
             self._wake.clear()
+            batch = self._take_due()
+            if batch:
+                if self._flush(batch):
+                    failures = 0
+                else:
+                    gevent.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])
+                    failures += 1
+                continue
+            self._wake.wait(max(0.0, min(next_beat, self._next_due()) - time.monotonic()))
+            if self.urgent:
+                gevent.sleep(FLUSH_SECONDS)  # let a burst of starts and ends gather
+
+    def _take_due(self) -> list[Mirrored]:
+        """The urgent streams, and at the tick every waiting one."""
+        batch, self.urgent = self.urgent, {}
+        if self.tick_at is not None and self.tick_at <= time.monotonic() + FLUSH_SECONDS:
+            batch.update(self.waiting)
+            self.waiting, self.tick_at = {}, None
+        return [entry for stream_id, entry in batch.items() if stream_id in self.streams]
+
+    def _next_due(self) -> float:
+        if self.urgent:
+            return 0.0
+        return float("inf") if self.tick_at is None else self.tick_at
 
     def _beat(self) -> bool:
-        """Renew this worker's lease; when Redis had forgotten it, re-check every stream."""
+        """Renew this worker's lease; when Redis had forgotten it, check every stream."""
         if self.store.open:
             return False
-        if not self.dirty:
-            self.synced_ms = max(self.synced_ms, self._synced_now())
-        beat_ms = now_ms()
+        self.synced_ms = max(self.synced_ms, self._synced_now())
+        beat_ms, began = now_ms(), time.monotonic()
         try:
             forgotten = self._heartbeat(
                 keys=[WORKERS_KEY, SYNCED_KEY, BOOT_KEY],
@@ -239,12 +318,20 @@ class EventMirror:
         except OUTAGE_ERRORS as error:
             self.store.failed(error)
             return False
-        self.store.succeeded()
+        self.store.succeeded(began)
+        self.beat_at = began
         self.first_beat_ms = self.first_beat_ms or beat_ms
         if forgotten:
             self._expire()
-            self.dirty.update(self.streams)  # each write answers what Redis really holds
+            for entry in self.streams.values():  # each write answers what Redis really holds
+                entry.checked = True
+                self._urge(entry)
         return True
+
+    def _lease_held(self) -> bool:
+        """Whether this worker's lease surely has not lapsed: then no reader elsewhere can
+        have ended one of its streams as an orphan, and plain writes are safe."""
+        return (time.monotonic() - self.beat_at) * 2000 < self.lease_ms
 
     def _expire(self) -> None:
         """Stop keeping finished streams whose events Redis no longer keeps either."""
@@ -253,53 +340,80 @@ class EventMirror:
             if entry.ended_at is not None and entry.ended_at < cutoff:
                 self.forget(stream_id)
 
-    def _flush(self) -> bool:
-        """One pipeline for every dirty stream; False when Redis did not answer."""
+    def _flush(self, batch: list[Mirrored]) -> bool:
+        """One pipeline for the streams in ``batch``; False when Redis did not answer."""
         if self.store.open:
+            self._redo(batch)
             return False
-        started = self._synced_now()
-        batch, self.dirty = list(self.dirty.values()), {}
         pipe = self.store.background.pipeline(transaction=False)
-        targets = [self._queue(pipe, entry) for entry in batch]
+        lease_held = self._lease_held()
+        writes = [self._queue(pipe, entry, lease_held) for entry in batch]
+        if not any(write.commands for write in writes):
+            for write in writes:
+                self._settle(write, [])
+            return True
+        began = time.monotonic()
         try:
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
         except OUTAGE_ERRORS as error:
             self.store.failed(error)
             self._redo(batch)
             return False
-        except redis.ResponseError:
-            log.exception("Redis refused the mirror's write")  # a bug, not an outage
-            self._redo(batch)
-            return False
-        self.store.succeeded()
-        complete = True
-        for entry, target, (top, status) in zip(batch, targets, replies, strict=True):
-            complete = self._settle(entry, target, int(top), int(status)) and complete
-        if complete:
-            self.synced_ms = max(self.synced_ms, started)
-        return True
+        self.store.succeeded(began)
+        refused = False
+        for write in writes:
+            mine, replies = replies[:write.commands], replies[write.commands:]
+            refused = not self._settle(write, mine) or refused
+        return not refused
 
     def _redo(self, batch: list[Mirrored]) -> None:
+        """Write these again, checked: a write that timed out may have landed all the same."""
         for entry in batch:
             if entry.log.stream_id in self.streams:
-                self.dirty[entry.log.stream_id] = entry
+                entry.checked = True
+                self._urge(entry)
 
-    def _queue(self, pipe: redis.client.Pipeline, entry: Mirrored) -> int:
-        """Queue one stream's unwritten events; returns the position Redis must then reach for
-        the stream to be written as far as it is now (a batch may be capped)."""
+    def _queue(self, pipe: redis.client.Pipeline, entry: Mirrored, lease_held: bool) -> _Write:
+        """Queue one stream's unwritten events (at most :data:`MAX_FRAMES_PER_WRITE`)."""
         event_log = entry.log
         first = entry.written + 1
         gap = first < event_log.base  # the log's cap dropped them before Redis took them
         if gap:
             first = event_log.base
         frames = event_log.read(first, MAX_FRAMES_PER_WRITE)
-        end = first + len(frames)
-        final = len(frames) if event_log.ended and end == event_log.next_seq else 0
-        self._append(keys=[events_key(event_log.stream_id), meta_key(event_log.stream_id)],
-                     args=[event_log.stream_id, first, int(gap), self._ttl_ms(entry), entry.owner,
-                           self.worker_id, self.max_events, final, *frames],
+        last = first + len(frames) - 1
+        final = bool(frames) and event_log.ended and last + 1 == event_log.next_seq
+        if entry.done and not entry.checked:
+            return _Write(entry, "none", entry.written)
+        if entry.checked or gap or (entry.created and not lease_held):
+            self._checked(pipe, entry, first, last, gap, final, frames)
+            return _Write(entry, "checked", last, 1)
+        if not frames:
+            return _Write(entry, "none", entry.written)
+        fields = _entry_fields(first, frames, final)
+        key, sid = events_key(event_log.stream_id), event_log.stream_id
+        minid = f"{sid}-{max(0, last + 1 - self.max_events)}"
+        pipe.xadd(key, fields, id=f"{sid}-{last}", nomkstream=entry.created, minid=minid)
+        commands = 1
+        if not entry.created or final or time.monotonic() >= entry.refresh_at:
+            ttl = self._ttl_ms(entry)
+            pipe.pexpire(key, ttl)
+            if not entry.created:
+                pipe.hset(meta_key(sid), mapping={"owner": entry.owner, "worker": self.worker_id})
+                commands += 1
+            pipe.pexpire(meta_key(sid), ttl)
+            commands += 2
+        return _Write(entry, "append" if entry.created else "create", last, commands)
+
+    def _checked(self, pipe: redis.client.Pipeline, entry: Mirrored, first: int, last: int,
+                 gap: bool, final: bool, frames: list[bytes]) -> None:
+        sid = entry.log.stream_id
+        lengths = ",".join(str(len(f)) for f in frames) if len(frames) > 1 else ""
+        self._append(keys=[events_key(sid), meta_key(sid)],
+                     args=[sid, first, last, int(gap), self._ttl_ms(entry), entry.owner,
+                           self.worker_id, max(0, last + 1 - self.max_events), int(final),
+                           b"".join(frames), lengths],
                      client=pipe)
-        return event_log.next_seq
 
     def _ttl_ms(self, entry: Mirrored) -> int:
         if entry.ended_at is None:
@@ -307,14 +421,58 @@ class EventMirror:
         left = self.ttl_ms - (time.monotonic() - entry.ended_at) * 1000
         return max(1000, int(left))
 
-    def _settle(self, entry: Mirrored, target: int, top: int, status: int) -> bool:
-        """Record what Redis holds now; True when the stream is written as far as it was."""
-        entry.written = top
-        if status == 1:  # ended in Redis (by us, or by a reader that found us gone)
+    def _settle(self, write: _Write, replies: list[object]) -> bool:
+        """Record what Redis holds now and schedule what is left; False when Redis refused a
+        checked write outright (a bug: the writer backs off instead of spinning)."""
+        entry = write.entry
+        if write.kind == "checked":
+            reply = replies[0]
+            if isinstance(reply, Exception):
+                log.error("Redis refused the mirror's checked write: %s", reply)
+                self._redo([entry])
+                return False
+            top, status = (int(x) for x in reply)  # type: ignore[attr-defined]
+            entry.written, entry.created = top, True
+            entry.checked = status == 2
+            entry.refresh_at = time.monotonic() + self.running_ttl_ms / 3000
+            entry.done = status == 1  # else: written to its end below, or Redis lost some
+        elif write.kind in ("create", "append"):
+            if isinstance(replies[0], Exception) or replies[0] is None:
+                # At or below the top (a write that landed although its reply was lost), or
+                # the stream is gone from Redis: let the script say what Redis holds.
+                self._redo([entry])
+                return True
+            entry.written = write.last
+            if len(replies) > 1:
+                entry.refresh_at = time.monotonic() + self.running_ttl_ms / 3000
+            entry.created = True
+        if entry.log.ended and entry.written + 1 >= entry.log.next_seq:
             entry.done = True
-            return True
-        if top + 1 < entry.log.next_seq and entry.log.stream_id in self.streams:
-            self.dirty[entry.log.stream_id] = entry
-        if entry.log.ended and top + 1 >= entry.log.next_seq:
-            entry.done = True
-        return status == 0 and top + 1 >= target
+        self._reschedule(entry, write.queued_ms)
+        return True
+
+    def _reschedule(self, entry: Mirrored, queued_ms: int) -> None:
+        """Clean, or due again: at once when checking, catching up or ending."""
+        if entry.log.stream_id not in self.streams or entry.log.stream_id in self.urgent:
+            return
+        more = not entry.done and entry.written + 1 < entry.log.next_seq
+        if entry.checked or (more and (entry.log.ended or not entry.created)):
+            self._urge(entry)
+        elif more:
+            behind = entry.log.next_seq - entry.written - 1
+            if behind >= MAX_FRAMES_PER_WRITE:
+                self._urge(entry)
+            else:
+                self._schedule(entry, queued_ms)
+        else:
+            entry.dirty_ms = None
+
+
+def _entry_fields(first: int, frames: list[bytes], final: bool) -> dict[FieldT, EncodableT]:
+    """A stream entry: the first position, the frames back to back, their lengths, the end."""
+    fields: dict[FieldT, EncodableT] = {"s": first, "f": b"".join(frames)}
+    if len(frames) > 1:
+        fields["n"] = ",".join(str(len(frame)) for frame in frames)
+    if final:
+        fields["t"] = "1"
+    return fields

@@ -48,6 +48,9 @@ CHECK_SECONDS = 1.0
 WRITE_SECONDS = 2.0
 """The longest a background write waits before it is retried later."""
 TIMEOUTS_TO_OPEN = 3
+LATE_SECONDS = 0.5
+"""A reply this late counts as trouble too: meanwhile nobody could see Redis (a stall that
+ends just within the deadline)."""
 RETRY_AFTER_FAILURE_SECONDS = 1.0
 
 OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -75,6 +78,9 @@ class SharedStore:
         self._timeouts = 0
         self._down_until = 0.0
         self._waited: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.trouble_at = float("-inf")
+        """When (monotonic) a call last failed (a timeout, a refused connection) or answered
+        later than :data:`LATE_SECONDS`."""
         self.listeners: list[Callable[[bool], None]] = []
 
     def reader(self, block_seconds: float) -> redis.Redis:
@@ -99,17 +105,20 @@ class SharedStore:
         if self.open or (check and gevent.getcurrent() in self._waited):
             metrics.REDIS_FALLBACKS.labels(name).inc()
             return fallback()
+        began = time.monotonic()
         try:
             result = operation(client or self.client)
         except OUTAGE_ERRORS as error:
             self.failed(error, check)
             metrics.REDIS_FALLBACKS.labels(name).inc()
             return fallback()
-        self.succeeded()
+        self.succeeded(began)
         return result
 
-    def succeeded(self) -> None:
-        """Redis answered: close the breaker."""
+    def succeeded(self, began: float | None = None) -> None:
+        """Redis answered (a call sent at ``began``, when given): close the breaker."""
+        if began is not None and time.monotonic() - began > LATE_SECONDS:
+            self.trouble_at = time.monotonic()
         self._timeouts = 0
         if not self.up:
             self._set_up(True)
@@ -117,6 +126,7 @@ class SharedStore:
 
     def failed(self, error: BaseException, check: bool = False) -> None:
         """Redis did not answer: count a timeout, or open the breaker on a connection failure."""
+        self.trouble_at = time.monotonic()
         if isinstance(error, (redis.TimeoutError, TimeoutError)):
             if check:
                 self._waited.add(gevent.getcurrent())
@@ -128,6 +138,11 @@ class SharedStore:
             self._set_up(False)
             log.warning("Redis is unreachable (%s): limits fall back to per-process ones",
                         type(error).__name__)
+
+    def troubled_within(self, seconds: float) -> bool:
+        """Whether a call failed or answered late, or the breaker was open, in the last
+        ``seconds``."""
+        return self.open or time.monotonic() - self.trouble_at < seconds
 
     def _set_up(self, up: bool) -> None:
         self.up = up

@@ -73,6 +73,9 @@ class Retention:
 
     ttl_seconds: float = 300.0
     grace_seconds: float = 0.0
+    unsure_seconds: float = 60.0
+    """How long a stream in grace goes on while nobody can tell whether a reader came back
+    elsewhere (Redis unreachable): the lease, after which such readers are ended anyway."""
     max_events: int = 10_000
     max_bytes: int = 1024 * 1024
     max_retained_bytes: int = 64 * 1024 * 1024
@@ -85,7 +88,7 @@ class StreamRegistry:
                  retention: Retention, owner_key: Callable[[str], str],
                  on_end: Callable[[Stream, StreamEnd], None] | None = None,
                  mirror: EventMirror | None = None,
-                 attached_elsewhere: Callable[[int], bool] | None = None) -> None:
+                 attached_elsewhere: Callable[[int], bool | None] | None = None) -> None:
         self.provider = provider
         self.ids = ids
         self.upstream_timeout = upstream_timeout
@@ -98,6 +101,8 @@ class StreamRegistry:
         self.finished: OrderedDict[int, Stream] = OrderedDict()
         self.finished_bytes = 0
         self._grace: dict[int, gevent.Greenlet[[Stream], None]] = {}
+        self._unsure: dict[int, float] = {}
+        """Streams in grace whose readers elsewhere nobody could see, since when (monotonic)."""
         self._expiry: Any = None  # the libev timer of the next expiry, while streams are kept
         self.reclaimer = Reclaimer()
 
@@ -149,16 +154,27 @@ class StreamRegistry:
                                                         self._grace_over, stream)
 
     def _grace_over(self, stream: Stream) -> None:
+        """The grace ran out: cancel, unless a reader follows it elsewhere or nobody can tell
+        (a worker that cannot see Redis cannot know that nobody came back: it goes on, for at
+        most ``unsure_seconds``)."""
         self._grace.pop(stream.id, None)
         if stream.state is not StreamState.IN_GRACE:
             return
-        if self.attached_elsewhere is not None and self.attached_elsewhere(stream.id):
+        attached = self.attached_elsewhere(stream.id) if self.attached_elsewhere else False
+        if attached is None:
+            now = time.monotonic()
+            since = self._unsure.setdefault(stream.id, now)
+            attached = now - since < self.retention.unsure_seconds
+        else:
+            self._unsure.pop(stream.id, None)
+        if attached:
             self._grace[stream.id] = gevent.spawn_later(self.retention.grace_seconds,
                                                         self._grace_over, stream)
             return
         self._cancel(stream)
 
     def _stop_grace(self, stream: Stream) -> None:
+        self._unsure.pop(stream.id, None)
         timer = self._grace.pop(stream.id, None)
         if timer is not None:
             timer.kill(block=False)

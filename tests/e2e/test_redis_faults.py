@@ -79,6 +79,16 @@ def pair(upstream: FakeUpstream, proxy: FaultProxy) -> Iterator[tuple[Gunicorn, 
         yield first, second
 
 
+@pytest.fixture(scope="module")
+def short_grace_pair(upstream: FakeUpstream, proxy: FaultProxy
+                     ) -> Iterator[tuple[Gunicorn, Gunicorn]]:
+    """Two instances whose grace (3 s) is no longer than the faults: it runs out while the
+    generating worker cannot see whether a reader came back on the other instance."""
+    env = env_for(upstream, REDIS_URL=proxy.url, AXRISI_RESUME_GRACE_SECONDS="3")
+    with Gunicorn(env) as first, Gunicorn(env) as second:
+        yield first, second
+
+
 @pytest.fixture()
 def healthy(proxy: FaultProxy, redis_server: RedisServer) -> Iterator[None]:
     """Each test starts with the proxy passing bytes and redis-server up and answering, and
@@ -407,6 +417,59 @@ def test_drops_resumed_across_instances_through_a_redis_fault(
     if not (exact and not_found == 0 and never_ended == 0):
         print(report)
     assert exact and not_found == 0 and never_ended == 0, report
+
+
+@pytest.mark.parametrize("fault", [stopped_redis, killed_redis], ids=["sigstop-3s", "killed-3s"])
+def test_a_grace_never_runs_out_while_the_worker_cannot_see_redis(
+        fault: Fault, short_grace_pair: tuple[Gunicorn, Gunicorn], upstream: FakeUpstream,
+        proxy: FaultProxy, redis_server: RedisServer, healthy: None) -> None:
+    """A 3 s grace and a 3 s outage: the generating worker cannot tell whether a reader came
+    back elsewhere, so it goes on until it can; every stream resumed on the other instance
+    after its 503s is exact (none ends ``cancelled``)."""
+    seed = sum(map(ord, fault.__name__)) + 1
+    runs = run_scenario(short_grace_pair, upstream, proxy, redis_server, fault, seed)
+    report = failure_report(runs, short_grace_pair)
+    print(f"\n{fault.__name__}, 3 s grace: {summary(runs)}")
+    assert all(run.verdict() is None for run in runs), report
+
+
+def test_the_grace_counts_only_while_redis_answers(
+        short_grace_pair: tuple[Gunicorn, Gunicorn], upstream: FakeUpstream, proxy: FaultProxy,
+        healthy: None) -> None:
+    """Dropped at t=0, Redis stalled from 0.5 s to 2.5 s, the reader back on the other
+    instance at 3.6 s (its 503s behind it): the 3 s grace, running out at 3 s, must not take
+    "nobody attached" from a Redis that was unreachable for most of it. The rest arrives."""
+    first, second = short_grace_pair
+    key = unique_key("grace-stall")
+    tokens = [f"g{i} " for i in range(60)]
+    upstream.add_scenario(key, Scenario(tokens=tokens, delay=0.1))
+    token = make_token(f"grace-{uuid.uuid4().hex[:8]}")
+    conn = SSEConnection(first.url, run_body(key), token=token, timeout=SILENCE)
+    seen: list[Event] = []
+    for event in conn.events():
+        seen.append(event)
+        if sum("content" in e.json for e in seen) == 3:
+            break
+    conn.drop()
+    dropped_at = time.monotonic()
+    time.sleep(0.5)
+    proxy.stall(2.0)
+    time.sleep(max(0.0, dropped_at + 3.6 - time.monotonic()))
+    stream_id = seen[-1].id.rpartition("-")[0]
+    deadline = time.monotonic() + 15
+    while True:
+        resumed = SSEConnection(second.url, None, token=token, method="GET",
+                                path=f"/api/streams/{stream_id}",
+                                headers={"Last-Event-ID": seen[-1].id}, timeout=SILENCE)
+        if resumed.status == 200 or time.monotonic() > deadline:
+            break
+        assert resumed.status == 503, resumed.status
+        resumed.drop()
+        time.sleep(0.2)
+    assert resumed.status == 200
+    rest = resumed.read_all()
+    assert rest[-1].json.get("done") is True, (rest[-1].event, rest[-1].data)
+    assert content_of(seen + rest) == "".join(tokens)
 
 
 def test_shared_rate_limit_holds_again_after_a_stall(upstream: FakeUpstream, proxy: FaultProxy,

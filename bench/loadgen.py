@@ -36,6 +36,11 @@ Scenarios (``--scenario``; the runner passes a JSON plan with ``--plan``):
   to the upstream seeing its connection closed (polled from the upstream's ``/_bench/closes``),
   and the worker's memory and the kernel's TCP memory before, at the peak, and after.
 
+With ``redis_port`` and ``redis_pid`` in the plan (a target that runs with ``REDIS_URL``), the
+snapshots at a window's two edges also read that redis-server's ``INFO`` and its CPU from /proc,
+so that what Redis itself spent is counted over exactly the window the tokens are counted in
+(``redis`` in a ``steady`` or ``closed_loop`` result).
+
 Output: one JSON document on stdout; progress on stderr. Every scenario has a hard deadline
 (``--deadline``), after which everything is closed and the partial result printed.
 
@@ -379,6 +384,9 @@ class LoadGen:
         self.lag_recording = False
         self.sample_pid = plan.get("sample_pid")
         self.upstream_pid = plan.get("upstream_pid")
+        # A redis-server the target uses (REDIS_URL): its INFO and CPU at the window's edges.
+        self.redis_port = plan.get("redis_port")
+        self.redis_pid = plan.get("redis_pid")
         self.connect_timeout = float(plan.get("connect_timeout", 60))
         self.connect_errors: dict[str, int] = {}
         self._waiters: list[tuple[asyncio.Future, object]] = []
@@ -507,6 +515,12 @@ class LoadGen:
                 out["upstream_cpu_s"] = sample.cpu_seconds(int(self.upstream_pid))
             except OSError:
                 pass
+        if self.redis_port:
+            try:
+                out["redis"] = sample.redis_info(int(self.redis_port))
+                out["redis_cpu_s"] = sample.cpu_seconds(int(self.redis_pid))
+            except (OSError, TypeError, ValueError) as error:
+                out["redis_error"] = str(error)
         return out
 
     async def settle_server(self, below_cores: float, max_wait: float) -> float:
@@ -575,6 +589,7 @@ class LoadGen:
             "all_finished": finished,
             **_streams_summary(mine),
             "cpu": _cpu_delta(before, after, self.plan.get("server_cpu")),
+            "redis": _redis_window(before, after, window.tokens),
         }
         if result["cpu"].get("server_cpu_s") is not None and window.tokens:
             result["server_cpu_us_per_token"] = \
@@ -855,6 +870,7 @@ class LoadGen:
             "tokens_per_event": sum(c.tokens for c in done) / events if events else None,
             "server_pss_kb": _get_in(after, "server", "pss_kb"),
             "cpu": cpu, "run": _streams_summary(clients),
+            "redis": _redis_window(before, after, window.tokens),
         }
         out["errors"] = out["run"]["errors"]
         cpu_s = cpu.get("server_cpu_s")
@@ -1091,8 +1107,9 @@ def _cpu_delta(before: dict, after: dict, server_cpu: int | None = None) -> dict
     if "server" in before and "server" in after:
         out["server_cpu_s"] = after["server"]["cpu_s"] - before["server"]["cpu_s"]
         out["server_pss_kb"] = after["server"]["pss_kb"]
-    if "upstream_cpu_s" in before and "upstream_cpu_s" in after:
-        out["upstream_cpu_s"] = after["upstream_cpu_s"] - before["upstream_cpu_s"]
+    for key in ("upstream_cpu_s", "redis_cpu_s"):  # the harness's own, not the machine's noise
+        if key in before and key in after:
+            out[key] = after[key] - before[key]
     elapsed = after["t"] - before["t"]
     sys_b, sys_a = before.get("system", {}), after.get("system", {})
     if "cpu" in sys_b and "cpu" in sys_a:
@@ -1106,6 +1123,53 @@ def _cpu_delta(before: dict, after: dict, server_cpu: int | None = None) -> dict
         for key in list(out):
             if key.endswith("_s"):
                 out[key[:-2] + "_util"] = out[key] / elapsed
+    return out
+
+
+SCRIPT_COMMANDS = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro")
+
+
+def _redis_window(before: dict, after: dict, tokens: int) -> dict | None:
+    """What Redis itself spent in the window, from its INFO at the window's two edges: CPU
+    (``used_cpu_sys + used_cpu_user``, and the main thread's, which runs every command) and
+    calls per command (those a Lua script ran included, beside the script call itself), per
+    token the clients received in the window. Our own INFO calls are left out of the counts.
+    None when the target runs without Redis (or Redis did not answer: ``error``)."""
+    a, b = before.get("redis"), after.get("redis")
+    if not a or not b:
+        why = before.get("redis_error") or after.get("redis_error")
+        return {"error": why} if why else None
+
+    def cpu(info: dict, suffix: str = "") -> float:
+        return info["used_cpu_sys" + suffix] + info["used_cpu_user" + suffix]
+
+    def delta(key: str) -> dict[str, int]:
+        out = {}
+        for name, stat in b["commands"].items():
+            n = stat.get(key, 0) - a["commands"].get(name, {}).get(key, 0)
+            if n and name != "info":
+                out[name] = int(n)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    calls = delta("calls")
+    out = {"cpu_s": cpu(b) - cpu(a), "commands": sum(calls.values()), "by_command": calls,
+           "usec_by_command": delta("usec"), "failed_calls": delta("failed_calls"),
+           "rejected_calls": delta("rejected_calls"),
+           "scripts": sum(calls.get(name, 0) for name in SCRIPT_COMMANDS)}
+    if "used_cpu_sys_main_thread" in a and "used_cpu_sys_main_thread" in b:
+        out["main_thread_cpu_s"] = cpu(b, "_main_thread") - cpu(a, "_main_thread")
+    for key in ("total_net_input_bytes", "total_net_output_bytes", "total_connections_received"):
+        if key in a and key in b:
+            out[key[6:]] = int(b[key] - a[key])
+    if tokens:
+        out["cpu_us_per_token"] = out["cpu_s"] / tokens * 1e6
+        if "main_thread_cpu_s" in out:
+            out["main_thread_cpu_us_per_token"] = out["main_thread_cpu_s"] / tokens * 1e6
+        out["commands_per_token"] = out["commands"] / tokens
+        out["commands_per_token_by_command"] = {k: v / tokens for k, v in calls.items()}
+        for key in ("net_input_bytes", "net_output_bytes"):
+            if key in out:
+                out[key + "_per_token"] = out[key] / tokens
     return out
 
 

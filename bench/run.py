@@ -122,10 +122,14 @@ QUICK = {
     "cancel": {"streams": 100, "stagger": 2, "rate": 20, "close_after": 3,
                "silent_first": 60, "close_timeout": 10, "settle": 1.5, "deadline": 30},
 }
+# turnover_redis is turnover run three ways (the service with REDIS_URL, without, the baseline):
+# the same sizes, so that its figures read beside turnover's.
+for _sizes in (FULL, QUICK):
+    _sizes["turnover_redis"] = dict(_sizes["turnover"])
 # The headline first (issue 13: what users do), then the long-lived streams of issue 7;
 # ``stalled`` last, since it fills the kernel's socket buffers for a while.
-SCENARIOS = ("turnover", "real", "requests", "hold", "held", "cpu", "latency", "ramp", "cancel",
-             "stalled")
+SCENARIOS = ("turnover", "turnover_redis", "real", "requests", "hold", "held", "cpu", "latency",
+             "ramp", "cancel", "stalled")
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +218,58 @@ class Upstream:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class RedisServer:
+    """The bench's own ``redis-server`` for the service's ``REDIS_URL``: loopback, a free port,
+    no persistence (``--save "" --appendonly no``: no fork, no disk write in a window), pinned
+    off the server's CPU so that the server's figures stay one core's and Redis's CPU is its own
+    (read from its INFO by the load generator)."""
+
+    def __init__(self, log_dir: Path, cpu: int | None) -> None:
+        self.log_path = log_dir / "redis.log"
+        self.cpu = cpu
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found (apt-get install redis-server)")
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", self.dir],
+                stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=pinned(self.cpu))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited at start: see {self.log_path}")
+            with contextlib.suppress(OSError):
+                sample.redis_info(self.port, timeout=1)
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Server:
@@ -376,10 +432,15 @@ class Bench:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         cpus = sorted(os.sched_getaffinity(0))
         if args.no_pin or len(cpus) < 2:
-            self.server_cpu = self.harness_cpu = None
+            self.server_cpu = self.harness_cpu = self.redis_cpu = None
         else:
             self.server_cpu, self.harness_cpu = cpus[-1], cpus[0]
             os.sched_setaffinity(0, {self.harness_cpu})
+            # Redis never shares the server's core: a third CPU where there is one, else the
+            # harness's (it then competes with the load generator; the windows' loop lag and
+            # the harness's CPU say whether that bit).
+            self.redis_cpu = cpus[1] if len(cpus) >= 3 else self.harness_cpu
+        self.redis: RedisServer | None = None
         self.extra_env = dict(kv.split("=", 1) for kv in args.env)
         self.baseline_env = dict(kv.split("=", 1) for kv in args.baseline_env)
         self.service_dir = Path(args.service_dir).resolve() if args.service_dir else ROOT
@@ -396,10 +457,14 @@ class Bench:
         return self._user_tokens[:users]
 
     def plan(self, server: Server, scenario: str, **extra) -> dict:
-        return {"port": server.port, "kind": server.kind, "token": self.token,
+        plan = {"port": server.port, "kind": server.kind, "token": self.token,
                 "sample_pid": server.pid, "upstream_pid": self.upstream.pid,
                 "server_cpu": self.server_cpu,
                 "scenario": scenario, "text_chars": self.args.text_chars, **extra}
+        if self.redis is not None and server.env.get("REDIS_URL") == self.redis.url:
+            # The load generator reads Redis's INFO at the edges of its own window.
+            plan.update(redis_port=self.redis.port, redis_pid=self.redis.pid)
+        return plan
 
     def wait_quiet(self, limit: float = 0.3, max_wait: float | None = None) -> float:
         """Wait (bounded) until other processes use less than ``limit`` cores; their last use."""
@@ -437,28 +502,47 @@ class Bench:
         time.sleep(0.5)
         return server
 
-    def each_target(self, index: int, label: str, fn, env: dict[str, str] | None = None) -> dict:
-        order = TARGETS if index % 2 == 0 else TARGETS[::-1]
-        out = {}
-        for target in order:
-            log(f"{label}: {target}")
+    def each_target(self, index: int, label: str, fn, env: dict[str, str] | None = None,
+                    runs: list[tuple[str, str, dict[str, str]]] | None = None) -> dict:
+        """Each target in turn on a fresh server, the order alternating with ``index``.
+
+        ``runs`` (result name, target, env) replaces the default (each of TARGETS with
+        ``env``): a scenario that also runs one target under other settings, in the same run.
+        """
+        runs = runs or [(t, t, env or {}) for t in TARGETS]
+        order = runs if index % 2 == 0 else runs[::-1]
+        out: dict = {}
+        for name, target, run_env in order:
+            log(f"{label}: {name}")
             server = None
             try:
-                server = self.start_server(target, label, env)
-                out[target] = fn(server)
-                out[target]["foreign_cores_before"] = round(self.quiet_before, 2)
+                server = self.start_server(target, label if name == target else
+                                           f"{label}-{name}", run_env)
+                out[name] = fn(server)
+                out[name]["foreign_cores_before"] = round(self.quiet_before, 2)
             except Exception as error:  # a failed scenario is reported, the run goes on
-                log(f"{label}: {target} failed: {error!r}")
-                out[target] = {"error": repr(error)}
+                log(f"{label}: {name} failed: {error!r}")
+                out[name] = {"error": repr(error)}
                 if server is not None:
-                    out[target]["log_tail"] = server.log_tail()
+                    out[name]["log_tail"] = server.log_tail()
             finally:
                 with contextlib.suppress(Exception):
                     self.upstream.reset()
                 if server is not None:
                     server.stop()
-        out["order"] = list(order)
+        out["order"] = [name for name, _, _ in order]
         return out
+
+    def redis_runs(self) -> list[tuple[str, str, dict[str, str]]]:
+        """turnover_redis: the service with REDIS_URL at the bench's own redis-server, the same
+        service without it (their ratio is what Redis costs the relay, measured in one run),
+        and the baseline (no Redis: it has none). Starts the redis-server once per run."""
+        if self.redis is None:
+            self.redis = RedisServer(self.log_dir, self.redis_cpu).start()
+            log(f"redis-server on :{self.redis.port} (pid {self.redis.pid}, CPU "
+                f"{self.redis_cpu})")
+        return [("service", "service", {"REDIS_URL": self.redis.url}),
+                ("service_no_redis", "service", {}), ("baseline", "baseline", {})]
 
     # --- the scenarios
 
@@ -637,6 +721,7 @@ class Bench:
         fns = {"hold": self.hold, "cpu": self.steady("cpu"), "latency": self.steady("latency"),
                "ramp": self.ramp, "cancel": self.cancel,
                "turnover": self.steady("turnover", "closed_loop"),
+               "turnover_redis": self.steady("turnover_redis", "closed_loop"),
                "real": self.steady("real", "closed_loop"),
                "requests": self.steady("requests", "closed_loop"),
                "held": self.held, "stalled": self.stalled}
@@ -657,11 +742,20 @@ class Bench:
                 log("floor: the load generator straight against the upstream")
                 results["floor"] = self.floor()
             for index, name in enumerate(chosen):
-                results[name] = self.each_target(index, name, fns[name], envs.get(name))
+                try:
+                    runs = self.redis_runs() if name == "turnover_redis" else None
+                except (OSError, RuntimeError) as error:
+                    log(f"{name}: skipped: {error}")
+                    results[name] = {"error": str(error)}
+                    continue
+                results[name] = self.each_target(index, name, fns[name], envs.get(name), runs)
             if self.args.profile:
                 results["profile"] = self.profile(_get(results, "ramp", "service", "max_tps"))
         finally:
             self.upstream.stop()
+            if self.redis is not None:
+                self.redis.stop()
+                results["pinning"]["redis_cpu"] = self.redis_cpu
         results["elapsed_s"] = time.monotonic() - t0
         results["table"] = table(results)
         return results
@@ -846,9 +940,11 @@ def table(results: dict) -> list[dict]:
                      "note": note, "raw": {"service": svc if svc != math.inf else "inf",
                                            "baseline": base if base != math.inf else "inf"}})
 
-    for name in ("turnover", "real"):
+    for name in ("turnover", "turnover_redis", "real"):
         if results.get(name):
             _closed_loop_rows(row, results, name)
+        if name == "turnover_redis" and results.get(name):
+            _redis_rows(row, results)
     if results.get("requests"):
         _requests_rows(row, results)
     hold = results.get("hold")
@@ -1006,6 +1102,52 @@ def _closed_loop_rows(row, results: dict, name: str) -> None:
                        if _get(d, t, "errors")))
     s, b = _both(d, lambda r: r.get("server_pss_kb") and r["server_pss_kb"] / 1024)
     row(f"server PSS at the window's end ({name})", s, b, unit=" MiB")
+
+
+def _redis_rows(row, results: dict) -> None:
+    """turnover_redis: what Redis itself spends per relayed token (its own INFO, read at the
+    window's edges), beside what the relay spends with and without REDIS_URL in the same run.
+    Here the baseline column is the service without REDIS_URL, not the naive relay."""
+    d = results["turnover_redis"]
+    r, local = d.get("service") or {}, d.get("service_no_redis") or {}
+    red = r.get("redis") or {}
+    why = d.get("error") or red.get("error") or r.get("error")
+    row("Redis CPU per relayed token (turnover_redis; Redis's INFO: used_cpu_sys + "
+        "used_cpu_user over the window)", red.get("cpu_us_per_token"), None, unit=" us",
+        note=why or _redis_cpu_note(r, red))
+    by = red.get("commands_per_token_by_command") or {}
+    row("Redis commands per relayed token (turnover_redis; INFO commandstats: every call, "
+        "those a Lua script ran included)", red.get("commands_per_token"), None, fmt="{:.2f}",
+        note="; ".join(f"{k} {v:.3f}" for k, v in list(by.items())[:8])
+        + (f"; {red['scripts']:,} script calls" if red.get("scripts") else "")
+        + (f"; {red['commands'] / r['completed_in_window']:,.0f} per request with its tokens "
+           "(÷ requests completed in the window)"
+           if red.get("commands") and r.get("completed_in_window") else "")
+        + (f"; failed calls: {red['failed_calls']}" if red.get("failed_calls") else ""))
+    vs = "(turnover_redis; baseline column: the same service without REDIS_URL, same run)"
+    row(f"server CPU per relayed token with REDIS_URL {vs}", r.get("server_cpu_us_per_token"),
+        local.get("server_cpu_us_per_token"), unit=" us", note=local.get("error", ""))
+    row(f"tokens/s delivered with REDIS_URL {vs}", r.get("delivered_tps"),
+        local.get("delivered_tps"), lower_better=False, fmt="{:,.0f}")
+    row(f"relay latency p50 / p99 with REDIS_URL {vs}", _pair(d, "service", "latency"),
+        _pair(d, "service_no_redis", "latency"))
+
+
+def _redis_cpu_note(r: dict, red: dict) -> str:
+    """The main thread's share, /proc's view of the same process, and Redis beside the relay."""
+    notes = []
+    if red.get("main_thread_cpu_us_per_token") is not None:
+        notes.append(f"main thread {red['main_thread_cpu_us_per_token']:.1f} us")
+    proc, tokens = _get(r, "cpu", "redis_cpu_s"), r.get("tokens_in_window")
+    if proc is not None and tokens:
+        notes.append(f"/proc: {proc / tokens * 1e6:.1f} us")
+    relay = r.get("server_cpu_us_per_token")
+    if relay and red.get("cpu_us_per_token") is not None:
+        notes.append(f"{red['cpu_us_per_token'] / relay:.0%} of the relay's own CPU per token")
+    if red.get("net_input_bytes_per_token") is not None:
+        notes.append(f"{red['net_input_bytes_per_token']:.0f} B in, "
+                     f"{red['net_output_bytes_per_token']:.0f} B out per token")
+    return "; ".join(notes)
 
 
 def _span(v) -> str:
@@ -1198,7 +1340,7 @@ def conditions(results: dict) -> list[str]:
     """One line per measured window: how much of the machine something else used meanwhile."""
     lines = []
     for name in SCENARIOS:
-        for t in TARGETS:
+        for t in _get(results, name, "order") or TARGETS:
             r = _get(results, name, t)
             if not isinstance(r, dict):
                 continue
@@ -1214,7 +1356,10 @@ def conditions(results: dict) -> list[str]:
                 lines.append(
                     f"- {where}: server {cpu.get('server_cpu_util', 0):.2f} cores, "
                     f"load generator {cpu.get('loadgen_cpu_util', 0):.2f}, upstream "
-                    f"{cpu.get('upstream_cpu_util', 0):.2f}, other processes "
+                    f"{cpu.get('upstream_cpu_util', 0):.2f}, "
+                    + (f"redis-server {cpu['redis_cpu_util']:.2f}, " if "redis_cpu_util" in cpu
+                       else "")
+                    + "other processes "
                     f"{cpu.get('foreign_cpu_util', 0):.2f} (on the server's CPU "
                     f"{cpu.get('foreign_on_server_cpu_util', 0):.2f}), steal "
                     f"{cpu.get('steal_util', 0):.2f}; loop lag p99 "
@@ -1287,7 +1432,9 @@ def main(argv: list[str] | None = None) -> int:
             if m["git_commit"] else "not a git checkout")
     print(f"Service: {m['service_dir']} ({code}); "
           f"pinning: servers on CPU {bench.server_cpu}, upstream + load generator on CPU "
-          f"{bench.harness_cpu}; {'quick' if args.quick else 'full'} run, "
+          f"{bench.harness_cpu}"
+          + (f", redis-server on CPU {bench.redis_cpu}" if bench.redis is not None else "")
+          + f"; {'quick' if args.quick else 'full'} run, "
           f"{results['elapsed_s']:.0f} s; page text per request: "
           f"{f'{args.text_chars:,} characters' if args.text_chars else 'one short line'}")
     print(f"Baseline: {m['baseline']}")

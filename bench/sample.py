@@ -11,6 +11,8 @@ parent PIDs, so that whatever the master forks (one worker here, more elsewhere)
   and system seconds, the kernel's TCP work done on the process's behalf included.
 * **fds**: entries of ``/proc/PID/fd``.
 * **kernel TCP memory** (``tcp_mem_kb``): socket buffers, machine-wide (``/proc/net/sockstat``).
+* **Redis's own counters** (``redis_info``): ``INFO cpu stats commandstats`` of a redis-server,
+  read over a raw socket (no client library), for what Redis itself spends.
 
 Stand-alone: ``python bench/sample.py PID`` prints one JSON snapshot.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 
@@ -147,6 +150,64 @@ def tcp_mem_kb() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def redis_info(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> dict:
+    """Redis's own counters: ``INFO cpu stats commandstats``, over a raw RESP request.
+
+    What Redis spends is read from Redis itself (as a deployment's Redis would report it), not
+    estimated from the client side. Numbers become floats; ``commands`` maps each command to its
+    ``calls``, ``usec``, ``failed_calls``, ... Redis 7 counts a command that a Lua script runs
+    under its own name (and in ``total_commands_processed``) as well as the ``EVALSHA`` that ran
+    it. Raises OSError when Redis does not answer.
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(_resp("INFO", "cpu", "stats", "commandstats"))
+        text = _resp_bulk(sock)
+    info: dict = {"commands": {}}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep or key.startswith("#"):
+            continue
+        if key.startswith("cmdstat_"):
+            fields = (kv.split("=", 1) for kv in value.split(","))
+            info["commands"][key[8:]] = {k: float(v) for k, v in fields}
+            continue
+        try:
+            info[key] = float(value)
+        except ValueError:
+            info[key] = value
+    return info
+
+
+def _resp(*args: str) -> bytes:
+    """One command in Redis's wire format (an array of bulk strings)."""
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        raw = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+def _resp_bulk(sock: socket.socket) -> str:
+    """Read one bulk-string reply (INFO's); an error reply raises OSError."""
+    buf = b""
+    while b"\r\n" not in buf:
+        buf += _recv(sock)
+    head, _, buf = buf.partition(b"\r\n")
+    if not head.startswith(b"$"):
+        raise OSError(f"redis answered {head[:200]!r}")
+    size = int(head[1:])
+    while len(buf) < size:
+        buf += _recv(sock)
+    return buf[:size].decode("utf-8", "replace")
+
+
+def _recv(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise OSError("redis closed the connection")
+    return data
 
 
 def worker_of(snap: dict, root: int) -> dict | None:

@@ -13,7 +13,7 @@ one per event: the entry's id is its last event's id (``<commandId>-<n>``), its 
 position (``s``), the frames back to back (``f``) with their lengths (``n``), and ``t`` when it
 holds the terminal event; readers split it (:mod:`axrisi.shared.events`). A stream's events are
 written at most :data:`BATCH_SECONDS` after they were appended (how far a reader on another
-instance may lag), its first write and its end at once (:data:`FLUSH_SECONDS`). The writer knows
+instance may lag), its end at once (:data:`FLUSH_SECONDS`). The writer knows
 each stream's top, so a flush is one plain ``XADD`` with that id and ``NOMKSTREAM``: Redis itself
 refuses an id at or below the stream's top (a write that landed although its reply was lost) and
 a stream it lost (a restart, an eviction). Expiries are set when a stream starts and ends (and
@@ -54,7 +54,7 @@ from .store import OUTAGE_ERRORS, SharedStore
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.005
-"""How long urgent writes (a stream's first events, its end) gather before one pipeline."""
+"""How long urgent writes (streams' ends, checked writes) gather before one pipeline."""
 BATCH_SECONDS = 0.2
 """The longest an event waits before it is written to Redis: a reader on another instance is at
 most this (plus a round trip) behind. Longer batches cost Redis less per token."""
@@ -207,21 +207,19 @@ class EventMirror:
     def track(self, event_log: EventLog, owner: str) -> None:
         """Mirror this stream from now on (its events reach the mirror via :meth:`on_append`)."""
         entry = Mirrored(event_log, owner)
-        # Until its keys are in Redis, this worker's synced time stays at or below its id.
-        entry.dirty_ms = min(now_ms(), event_log.stream_id)
         self.streams[event_log.stream_id] = entry
-        self._urge(entry)
+        # Until its keys are in Redis, this worker's synced time stays at or below its id: a
+        # reader elsewhere is told "cannot tell yet" (and asks again), never "unknown".
+        self._schedule(entry, min(now_ms(), event_log.stream_id))
 
     def on_append(self, event_log: EventLog, _seq: int, _frame: bytes, final: bool) -> None:
-        """EventLog hook: the stream has more to write. Its first events and its end are
-        written at once; the rest within :data:`BATCH_SECONDS`, many events per write."""
+        """EventLog hook: the stream has more to write. Its end is written at once (the
+        response ends when it is); the rest at the next tick, many events per write."""
         entry = self.streams.get(event_log.stream_id)
         if entry is None:
             return
         if final:
             entry.ended_at = time.monotonic()
-            self._urge(entry)
-        elif not entry.created:
             self._urge(entry)
         elif entry.dirty_ms is None:
             self._schedule(entry, now_ms())
@@ -456,7 +454,7 @@ class EventMirror:
         if entry.log.stream_id not in self.streams or entry.log.stream_id in self.urgent:
             return
         more = not entry.done and entry.written + 1 < entry.log.next_seq
-        if entry.checked or (more and (entry.log.ended or not entry.created)):
+        if entry.checked or (more and entry.log.ended):
             self._urge(entry)
         elif more:
             behind = entry.log.next_seq - entry.written - 1

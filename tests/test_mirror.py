@@ -16,7 +16,7 @@ import redis
 
 from axrisi.shared import mirror as mirror_module
 from axrisi.shared.events import RedisEvents
-from axrisi.shared.mirror import EventMirror, events_key, meta_key
+from axrisi.shared.mirror import EventMirror, SideWrite, events_key, meta_key
 from axrisi.shared.store import SharedStore
 from axrisi.stream.eventlog import EventLog
 from tests.e2e.faultproxy import FaultProxy
@@ -256,3 +256,38 @@ def test_the_cap_keeps_the_newest_events(redis_server: RedisServer) -> None:
     assert 0 < probe.first <= probe.top - 9
     kept = rig.read(event_log.stream_id, probe.first)
     assert kept == event_log.frames[probe.first:]
+
+
+def test_side_writes_ride_with_the_terminal_event(redis_server: RedisServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream's end and the commands given to ``also`` (its slot, its tokens) go to Redis in
+    one pipeline; when Redis does not answer, their fallback runs instead."""
+    rig = Rig(redis_server.url)
+    event_log = rig.new_log()
+    event_log.append({"title": "t"})
+    append(event_log, 3)
+    assert rig.round()
+    pipelines: list[int] = []
+    real = rig.store.background.pipeline
+
+    def counted(*args: object, **kwargs: object) -> redis.client.Pipeline:
+        pipelines.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rig.store.background, "pipeline", counted)
+    client = redis_server.client()
+    client.sadd("side-test", "held")
+    fell_back: list[str] = []
+    append(event_log, 1, final=True)
+    rig.mirror.also(SideWrite(lambda pipe: len([pipe.srem("side-test", "held")]),
+                              lambda: fell_back.append("srem")))
+    assert rig.mirror._flush(rig.mirror._take_due())
+    assert pipelines == [1] and client.scard("side-test") == 0 and not fell_back
+    assert rig.mirror.streams[event_log.stream_id].done
+    with FaultProxy(redis_server.port) as proxy:
+        stalled = Rig(proxy.url)
+        stalled.mirror.also(SideWrite(lambda pipe: len([pipe.sadd("side-test", "x")]),
+                                      lambda: fell_back.append("sadd")))
+        proxy.stall(3.0)
+        assert not stalled.mirror._flush(stalled.mirror._take_due())
+        assert fell_back == ["sadd"] and not stalled.mirror.side

@@ -35,6 +35,7 @@ import redis
 
 from .. import metrics
 from ..users import user_key
+from .mirror import EventMirror, SideWrite
 from .store import SharedStore, redis_options
 
 log = logging.getLogger(__name__)
@@ -102,14 +103,20 @@ class StreamSlots:
         open_here.add(lease.id)
         return self._hold(lease)
 
-    def release(self, lease: Lease | None) -> None:
-        """Give the slot back; safe to call twice."""
+    def release(self, lease: Lease | None, writer: EventMirror | None = None) -> None:
+        """Give the slot back; safe to call twice. With ``writer``, the release rides in its
+        next pipeline (with the stream's terminal event, which the response waits for)."""
         if lease is None or lease not in self.held:
             return
         self.held.discard(lease)
         metrics.OPEN_STREAM_SLOTS.dec()
         if lease.shared and self.store is not None:
-            self.store.run(lambda r: r.zrem(_slots_key(lease.user_key), lease.id),
+            key = _slots_key(lease.user_key)
+            if writer is not None and not self.store.open:
+                writer.also(SideWrite(lambda pipe: len([pipe.zrem(key, lease.id)]),
+                                      lambda: self._release_later(lease)))
+                return
+            self.store.run(lambda r: r.zrem(key, lease.id),
                            lambda: self._release_later(lease), "slot_release")
         else:
             open_here = self.local.get(lease.user_key)
@@ -199,11 +206,26 @@ class TokenQuota:
         key = user_key(user)
         return self._on(lambda limiter: _seconds_left(limiter, self.item, key), check=True)
 
-    def charge(self, user: str, tokens: int) -> None:
-        """Count ``tokens`` against the user's quota (it may go past the line: see above)."""
-        if tokens > 0:
-            key = user_key(user)
+    def charge(self, user: str, tokens: int, writer: EventMirror | None = None) -> None:
+        """Count ``tokens`` against the user's quota (it may go past the line: see above).
+        With ``writer``, the charge rides in its next pipeline: ``limits``' own fixed-window
+        counter (its key, its expiry set with the window's first charge), as plain commands."""
+        if tokens <= 0:
+            return
+        key = user_key(user)
+        storage = self.shared.storage if self.shared is not None else None
+        if writer is None or self.store is None or self.store.open or \
+                not isinstance(storage, limits.storage.RedisStorage):
             self._on(lambda limiter: limiter.hit(self.item, key, cost=tokens))
+            return
+        counter, window = storage.prefixed_key(self.item.key_for(key)), self.item.get_expiry()
+
+        def queue(pipe: redis.client.Pipeline) -> int:
+            pipe.incrby(counter, tokens)
+            pipe.expire(counter, window, nx=True)
+            return 2
+
+        writer.also(SideWrite(queue, lambda: self.local.hit(self.item, key, cost=tokens)))
 
     def used(self, user: str) -> tuple[int, int]:
         """Tokens charged in the current window, and seconds until it resets (0: no window)."""

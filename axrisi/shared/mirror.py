@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -150,6 +150,18 @@ class Mirrored:
 
 
 @dataclass
+class SideWrite:
+    """Commands of another part of the worker that ride in the writer's next pipeline (a stream
+    end's slot release and token charge go with its terminal event: one round trip, not three).
+
+    ``queue`` adds them to the pipeline and says how many; ``failed`` runs instead when Redis
+    did not answer (the caller's own fallback: retry later, count locally)."""
+
+    queue: Callable[[redis.client.Pipeline], int]
+    failed: Callable[[], object]
+
+
+@dataclass
 class _Write:
     """One stream's part of a pipeline: what it queued and what success would mean."""
 
@@ -174,7 +186,12 @@ class EventMirror:
         self.worker_id = uuid.uuid4().hex
         self.streams: dict[int, Mirrored] = {}
         self.urgent: dict[int, Mirrored] = {}
-        """Streams to write in the next pipeline: new ones, ended ones, ones to check."""
+        """Streams to write in the next pipeline: ended ones, ones to check."""
+        self.side: list[SideWrite] = []
+        """Other writes for the next pipeline (:meth:`also`)."""
+        self.side_queued = 0
+        self.side_settled = 0
+        """Side writes given so far, and those sent (or fallen back): in order."""
         self.waiting: dict[int, Mirrored] = {}
         """Streams with events for the next tick."""
         self.tick_at: float | None = None
@@ -225,16 +242,24 @@ class EventMirror:
             self._schedule(entry, now_ms())
 
     def wait_written(self, stream_id: int, timeout: float) -> bool:
-        """Block until the stream's terminal event is in Redis (False after ``timeout``: Redis
-        slow or away; the writer goes on trying, in order, as always)."""
+        """Block until the stream's terminal event is in Redis, and the side writes given
+        before this call were sent (False after ``timeout``: Redis slow or away; the writer
+        goes on trying, in order, as always)."""
         deadline = time.monotonic() + timeout
+        side = self.side_queued
         while True:
             entry = self.streams.get(stream_id)
-            if entry is None or entry.done:
+            if (entry is None or entry.done) and self.side_settled >= side:
                 return True
             if time.monotonic() >= deadline:
                 return False
             gevent.sleep(FLUSH_SECONDS)
+
+    def also(self, write: SideWrite) -> None:
+        """Send ``write`` with the next urgent pipeline (within :data:`FLUSH_SECONDS`)."""
+        self.side.append(write)
+        self.side_queued += 1
+        self._wake.set()
 
     def forget(self, stream_id: int) -> None:
         """The registry dropped the stream (its TTL or the memory cap): stop keeping it."""
@@ -279,7 +304,7 @@ class EventMirror:
                 next_beat = time.monotonic() + (HEARTBEAT_SECONDS if beat else BACKOFF_SECONDS[-1])
             self._wake.clear()
             batch = self._take_due()
-            if batch:
+            if batch or self.side:
                 if self._flush(batch):
                     failures = 0
                 else:
@@ -287,7 +312,7 @@ class EventMirror:
                     failures += 1
                 continue
             self._wake.wait(max(0.0, min(next_beat, self._next_due()) - time.monotonic()))
-            if self.urgent:
+            if self.urgent or self.side:
                 gevent.sleep(FLUSH_SECONDS)  # let a burst of starts and ends gather
 
     def _take_due(self) -> list[Mirrored]:
@@ -299,7 +324,7 @@ class EventMirror:
         return [entry for stream_id, entry in batch.items() if stream_id in self.streams]
 
     def _next_due(self) -> float:
-        if self.urgent:
+        if self.urgent or self.side:
             return 0.0
         return float("inf") if self.tick_at is None else self.tick_at
 
@@ -339,14 +364,24 @@ class EventMirror:
                 self.forget(stream_id)
 
     def _flush(self, batch: list[Mirrored]) -> bool:
-        """One pipeline for the streams in ``batch``; False when Redis did not answer."""
+        """One pipeline for the streams in ``batch`` and the side writes; False when Redis did
+        not answer."""
+        side, self.side = self.side, []
+        try:
+            return self._send(batch, side)
+        finally:
+            self.side_settled += len(side)
+
+    def _send(self, batch: list[Mirrored], side: list[SideWrite]) -> bool:
         if self.store.open:
             self._redo(batch)
+            _failed(side)
             return False
         pipe = self.store.background.pipeline(transaction=False)
         lease_held = self._lease_held()
         writes = [self._queue(pipe, entry, lease_held) for entry in batch]
-        if not any(write.commands for write in writes):
+        side_commands = sum(write.queue(pipe) for write in side)
+        if not side_commands and not any(write.commands for write in writes):
             for write in writes:
                 self._settle(write, [])
             return True
@@ -356,12 +391,16 @@ class EventMirror:
         except OUTAGE_ERRORS as error:
             self.store.failed(error)
             self._redo(batch)
+            _failed(side)
             return False
         self.store.succeeded(began)
         refused = False
         for write in writes:
             mine, replies = replies[:write.commands], replies[write.commands:]
             refused = not self._settle(write, mine) or refused
+        for reply in replies:  # the side writes': an error answer is a bug, not an outage
+            if isinstance(reply, Exception):
+                log.error("Redis refused a write sent with the mirror's: %s", reply)
         return not refused
 
     def _redo(self, batch: list[Mirrored]) -> None:
@@ -464,6 +503,14 @@ class EventMirror:
                 self._schedule(entry, queued_ms)
         else:
             entry.dirty_ms = None
+
+
+def _failed(side: list[SideWrite]) -> None:
+    for write in side:
+        try:
+            write.failed()
+        except Exception:
+            log.exception("a side write's fallback failed")
 
 
 def _entry_fields(first: int, frames: list[bytes], final: bool) -> dict[FieldT, EncodableT]:

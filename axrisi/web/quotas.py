@@ -19,6 +19,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from ..config import Settings
 from ..shared.counters import Lease, StreamSlots, TokenQuota
 from ..shared.limitstore import SCHEME
+from ..shared.mirror import EventMirror
 from ..shared.store import SharedStore
 from ..users import user_key
 from .auth import current_user
@@ -37,8 +38,11 @@ UNCAPPED_TOKENS = "1000000000000/day"
 class Quotas:
     """The three limits together, as the API uses them."""
 
-    def __init__(self, settings: Settings, store: SharedStore | None) -> None:
+    def __init__(self, settings: Settings, store: SharedStore | None,
+                 writer: EventMirror | None = None) -> None:
         self.rate_limit = settings.rate_limit
+        self.writer = writer
+        """The worker's Redis writer: a stream's end writes ride with its terminal event."""
         self.slots = StreamSlots(settings.max_streams_per_user, settings.stream_lease_seconds,
                                  store)
         self.tokens = TokenQuota(settings.token_quota or UNCAPPED_TOKENS, store)
@@ -59,9 +63,11 @@ class Quotas:
         return lease
 
     def stream_ended(self, user: str, lease: Lease | None, tokens: int) -> None:
-        """Give the slot back and charge the tokens: called on every way a stream ends."""
-        self.slots.release(lease)
-        self.tokens.charge(user, tokens)
+        """Give the slot back and charge the tokens: called on every way a stream ends. With
+        Redis both go in the pipeline of the stream's terminal event (the response ends once it
+        is written): one round trip for the three."""
+        self.slots.release(lease, self.writer)
+        self.tokens.charge(user, tokens, self.writer)
 
     def usage(self, user: str) -> dict[str, Any]:
         """``GET /api/usage``: the figures the 429s enforce, and what is left of them."""

@@ -201,6 +201,25 @@ def test_stream_slot_given_back_on_every_way_out(one_slot_server: Gunicorn,
     conn.drop()
 
 
+def test_the_slot_is_back_when_the_response_has_ended(one_slot_server: Gunicorn,
+                                                     upstream: FakeUpstream) -> None:
+    """The slot's release goes with the stream's terminal event, which the response waits for:
+    a client that starts its next stream the moment the last one ended is admitted at once,
+    on whichever worker it lands, every time."""
+    user = new_user()
+    key = unique_key("slot-back")
+    upstream.add_scenario(key, Scenario(tokens=["a", "b"]))
+    statuses = []
+    for _ in range(20):
+        conn = SSEConnection(one_slot_server.url, run_body(key), token=make_token(user))
+        statuses.append(conn.status)
+        if conn.status != 200:
+            break
+        assert content_of(conn.read_all()) == "ab"
+        conn.drop()
+    assert statuses == [200] * 20
+
+
 def test_a_dead_worker_does_not_hold_slots_forever(upstream: FakeUpstream,
                                                    redis_server: RedisServer) -> None:
     """SIGKILL a worker mid-stream: its lease lapses and the user can stream again."""

@@ -1,0 +1,197 @@
+"""Where Redis's CPU goes at the service's traffic shape: a replay, one part switched off at a time.
+
+``bench/run.py --only turnover_redis`` measures what Redis spends per relayed token with the real
+service. This tool says *why*: it sends Redis the same shape of traffic the service sends at
+``--rate`` new streams a second (each a 200-token answer at 50 tokens/s, so ``4 x rate`` streams
+open), from one process with no service in between, and reads Redis's own CPU
+(``INFO cpu``) while one part at a time is left out:
+
+* ``all``: what the service sends per request (its round trips, one after another, as the
+  request path makes them: the rate limit's moving-window script, the open-stream slot script,
+  the stream id script, and at the end the slot's release, the token charge and the end's own
+  pipeline) and per tick (one pipeline every 0.2 s with one ``XADD`` per stream that has new
+  events, a stream's keys and expiries with its first write);
+* ``ticks only``: no per-request round trips: the events alone;
+* ``round trips only``: no events;
+* ``idle``: nothing but a connected client.
+
+The scripts are stand-ins of the same size as the service's (the same commands inside), not the
+service's own code: the figures are for comparing parts, and the real service's figure is
+``turnover_redis``'s. Redis is pinned to the first CPU and this process to the last one when the
+machine has two. Everything goes to a redis-server of its own on 127.0.0.1; each run is bounded
+by ``--seconds``.
+
+    .venv/bin/python bench/redis_costs.py [--rate 50] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+FRAME = b'id: 1796603485270-33\ndata: {"content":" g33","commandId":1796603485270}\n\n'
+TOKENS, TOKENS_PER_SECOND, TICK_SECONDS, TTL_MS = 200, 50, 0.2, 300_000
+
+MOVING_WINDOW = """local v = redis.call('LINDEX', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[1], ARGV[2]) redis.call('LTRIM', KEYS[1], 0, 100) return 1"""
+SLOT = """local t = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t[1]) local n = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], t[1] + 60, ARGV[1]) redis.call('PEXPIRE', KEYS[1], 60000) return 1"""
+NEXT_ID = """local n = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+redis.call('SET', KEYS[1], n) return n"""
+CHARGE = """local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if tonumber(v) == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], 86400) end return v"""
+
+
+@dataclass
+class Open:
+    """One replayed stream: when it started and the last position written."""
+
+    started: float
+    user: str
+    written: int = -1
+
+
+@dataclass
+class Replay:
+    """The service's Redis traffic at ``rate`` new streams a second."""
+
+    client: redis.Redis
+    rate: float
+    round_trips: bool
+    ticks: bool
+    streams: dict[int, Open] = field(default_factory=dict)
+    tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.scripts = [self.client.register_script(s) for s in (MOVING_WINDOW, SLOT, NEXT_ID,
+                                                                 CHARGE)]
+
+    def start(self, stream_id: int) -> None:
+        user = f"user{stream_id % 200}"
+        if self.round_trips:  # one after another, as the request path makes them
+            window, slot, next_id, _charge = self.scripts
+            window(keys=[f"LIMITS:{user}"], args=[29, time.time()])
+            slot(keys=[f"slots:{user}"], args=[stream_id])
+            next_id(keys=["last-id"])
+        self.streams[stream_id] = Open(time.monotonic(), user)
+
+    def tick(self, now: float) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        ended = []
+        for stream_id, stream in self.streams.items():
+            have = min(TOKENS, int((now - stream.started) * TOKENS_PER_SECOND) + 1)
+            if have - 1 <= stream.written:
+                continue
+            if self.ticks:
+                self._queue(pipe, stream_id, stream, have - 1)
+            self.tokens += have - 1 - stream.written
+            stream.written = have - 1
+            if stream.written == TOKENS - 1:
+                ended.append(stream_id)
+        pipe.execute()
+        for stream_id in ended:
+            self.end(stream_id, self.streams.pop(stream_id))
+
+    def _queue(self, pipe: redis.client.Pipeline, stream_id: int, stream: Open,
+               last: int) -> None:
+        first, key, meta = stream.written + 1, f"events:{stream_id}", f"stream:{stream_id}"
+        fields: dict[str, bytes | int | str] = {"s": first, "f": FRAME * (last - first + 1)}
+        if last > first:
+            fields["n"] = ",".join([str(len(FRAME))] * (last - first + 1))
+        pipe.xadd(key, fields, id=f"{stream_id}-{last}",  # type: ignore[arg-type]
+                  nomkstream=stream.written >= 0, minid=f"{stream_id}-0")
+        if stream.written < 0:
+            pipe.pexpire(key, TTL_MS)
+            pipe.hset(meta, mapping={"owner": stream.user, "worker": "w"})
+            pipe.pexpire(meta, TTL_MS)
+
+    def end(self, stream_id: int, stream: Open) -> None:
+        if not self.round_trips:
+            return
+        self.client.zrem(f"slots:{stream.user}", stream_id)
+        self.scripts[3](keys=[f"tokens:{stream.user}"], args=[TOKENS])
+        pipe = self.client.pipeline(transaction=False)  # the end's own, urgent pipeline
+        pipe.pexpire(f"events:{stream_id}", TTL_MS)
+        pipe.pexpire(f"stream:{stream_id}", TTL_MS)
+        pipe.execute()
+
+    def run(self, seconds: float) -> None:
+        began = time.monotonic()
+        next_start, next_tick, stream_id = began, began + TICK_SECONDS, 10**12
+        while (now := time.monotonic()) < began + seconds:
+            while next_start <= now and self.rate > 0:
+                stream_id += 1
+                self.start(stream_id)
+                next_start += 1 / self.rate
+            if now >= next_tick:
+                self.tick(now)
+                next_tick += TICK_SECONDS
+            time.sleep(0.001)
+
+
+def redis_server(directory: str) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", directory],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc, port
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def measure(label: str, rate: float, seconds: float, round_trips: bool, ticks: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="axrisi-redis-costs-") as directory:
+        proc, port = redis_server(directory)
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) >= 2:
+                os.sched_setaffinity(proc.pid, {cpus[0]})
+                os.sched_setaffinity(0, {cpus[-1]})
+            client = redis.Redis(port=port)
+            replay = Replay(client, rate, round_trips, ticks)
+            before, began = _cpu(client), time.monotonic()
+            replay.run(seconds)
+            spent, elapsed = _cpu(client) - before, time.monotonic() - began
+            per_token = f"{spent * 1e6 / replay.tokens:6.2f} us/token" if replay.tokens else ""
+            print(f"{label:18} Redis CPU {spent * 1e3 / elapsed:6.1f} ms/s  {per_token}  "
+                  f"({replay.tokens / elapsed:,.0f} tokens/s, {rate:g} streams/s)")
+        finally:
+            proc.kill()
+            proc.wait(5)
+
+
+def _cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=50.0, help="new streams a second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="each part's run")
+    args = parser.parse_args()
+    measure("all", args.rate, args.seconds, round_trips=True, ticks=True)
+    measure("ticks only", args.rate, args.seconds, round_trips=False, ticks=True)
+    measure("round trips only", args.rate, args.seconds, round_trips=True, ticks=False)
+    measure("idle", 0.0, args.seconds, round_trips=False, ticks=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,9 +8,9 @@ open), from one process with no service in between, and reads Redis's own CPU
 
 * ``all``: what the service sends per request (its round trips, one after another, as the
   request path makes them: the rate limit's moving-window script, the open-stream slot script,
-  the stream id script, and at the end the slot's release, the token charge and the end's own
-  pipeline) and per tick (one pipeline every 0.2 s with one ``XADD`` per stream that has new
-  events, a stream's keys and expiries with its first write);
+  the stream id script; at the end one pipeline with the terminal event's expiries, the slot's
+  release and the token charge) and per tick (one pipeline every 0.2 s with one ``XADD`` per
+  stream that has new events, a stream's keys and expiries with its first write);
 * ``ticks only``: no per-request round trips: the events alone;
 * ``round trips only``: no events;
 * ``idle``: nothing but a connected client.
@@ -47,8 +47,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t[1]) local n = redis.call('ZCAR
 redis.call('ZADD', KEYS[1], t[1] + 60, ARGV[1]) redis.call('PEXPIRE', KEYS[1], 60000) return 1"""
 NEXT_ID = """local n = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
 redis.call('SET', KEYS[1], n) return n"""
-CHARGE = """local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if tonumber(v) == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], 86400) end return v"""
 
 
 @dataclass
@@ -72,13 +70,12 @@ class Replay:
     tokens: int = 0
 
     def __post_init__(self) -> None:
-        self.scripts = [self.client.register_script(s) for s in (MOVING_WINDOW, SLOT, NEXT_ID,
-                                                                 CHARGE)]
+        self.scripts = [self.client.register_script(s) for s in (MOVING_WINDOW, SLOT, NEXT_ID)]
 
     def start(self, stream_id: int) -> None:
         user = f"user{stream_id % 200}"
         if self.round_trips:  # one after another, as the request path makes them
-            window, slot, next_id, _charge = self.scripts
+            window, slot, next_id = self.scripts
             window(keys=[f"LIMITS:{user}"], args=[29, time.time()])
             slot(keys=[f"slots:{user}"], args=[stream_id])
             next_id(keys=["last-id"])
@@ -117,11 +114,12 @@ class Replay:
     def end(self, stream_id: int, stream: Open) -> None:
         if not self.round_trips:
             return
-        self.client.zrem(f"slots:{stream.user}", stream_id)
-        self.scripts[3](keys=[f"tokens:{stream.user}"], args=[TOKENS])
         pipe = self.client.pipeline(transaction=False)  # the end's own, urgent pipeline
         pipe.pexpire(f"events:{stream_id}", TTL_MS)
         pipe.pexpire(f"stream:{stream_id}", TTL_MS)
+        pipe.zrem(f"slots:{stream.user}", stream_id)
+        pipe.incrby(f"tokens:{stream.user}", TOKENS)
+        pipe.expire(f"tokens:{stream.user}", 86400, nx=True)
         pipe.execute()
 
     def run(self, seconds: float) -> None:

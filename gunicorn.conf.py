@@ -63,10 +63,24 @@ accesslog = None
 
 
 def on_starting(server):
-    """Before the workers fork: the model server, when the settings ask for one (once: not again
-    on a SIGHUP reload, which re-reads this file)."""
-    from axrisi import modelserver
+    """Before the workers fork (once: not again on a SIGHUP reload, which re-reads this file):
+    one PING of REDIS_URL, and the model server when the settings ask for one."""
+    from axrisi import modelserver, redischeck
 
+    if _settings.redis_tls_unverified:
+        server.log.warning("AXRISI_REDIS_TLS_VERIFY=0: the TLS certificate of Redis is not "
+                           "verified (any certificate is accepted)")
+    if _settings.redis_url:
+        # In a child process (axrisi/redischeck.py): redis imports ssl, which must wait for
+        # gevent in the workers. A wrong password, an untrusted certificate or the wrong
+        # scheme for the port stops here; a Redis that is down does not.
+        try:
+            warning = redischeck.check_in_child(_settings.redis_url)
+        except redischeck.RedisCheckError as error:
+            sys.stderr.write(f"axrisi: {error}\n")
+            sys.exit(1)
+        if warning:
+            server.log.warning(warning)
     try:
         modelserver.start_for(_settings)
     except modelserver.ModelServerError as error:

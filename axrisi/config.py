@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 DEFAULT_MAX_STREAMS_FLOOR = 100
 BYTES_PER_STREAM_BUDGET = 64 * 1024
@@ -47,6 +47,11 @@ class Settings:
     model: str = "gpt-4o-mini"
     provider: str = "local"
     redis_url: str | None = None
+    redis_ca_file: str | None = None
+    """``AXRISI_REDIS_CA_FILE``: PEM CA certificates to trust for a ``rediss://`` REDIS_URL (the
+    system's are trusted too)."""
+    redis_tls_verify: bool = True
+    """``AXRISI_REDIS_TLS_VERIFY``: False accepts any certificate (a provider's self-signed one)."""
     rate_limit: str = "30/minute;1000/day"
     max_streams_per_user: int = 3
     token_quota: str | None = None
@@ -95,6 +100,31 @@ class Settings:
         return self.env == "development"
 
     @property
+    def redis_tls(self) -> bool:
+        """Whether REDIS_URL speaks TLS (``rediss://``): only then do the TLS settings apply."""
+        return _is_tls(self.redis_url)
+
+    @property
+    def redis_tls_unverified(self) -> bool:
+        """TLS to Redis that accepts any certificate: said once in the log at start."""
+        return self.redis_tls and not self.redis_tls_verify
+
+    def redis_tls_options(self, url: str | None = None) -> dict[str, Any]:
+        """redis-py's TLS keyword arguments for ``url`` (REDIS_URL when not given), the one
+        place they are made: every Redis client the service makes gets them
+        (``shared/store.py``: the store's clients, the blocking readers, the limits' storages;
+        ``redischeck.py``: the start-up check). Empty unless the URL is ``rediss://`` (a plain
+        connection takes no ``ssl_*`` arguments)."""
+        if not _is_tls(self.redis_url if url is None else url):
+            return {}
+        if not self.redis_tls_verify:
+            return {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+        options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if self.redis_ca_file:
+            options["ssl_ca_certs"] = self.redis_ca_file
+        return options
+
+    @property
     def max_body_bytes(self) -> int:
         """The largest request body read: the longest text JSON-escaped, plus room for the rest."""
         return self.max_text_chars * 6 + 64 * 1024
@@ -127,6 +157,8 @@ class Settings:
             model=e.text("AXRISI_MODEL") or "gpt-4o-mini",
             provider=e.choice("AXRISI_PROVIDER", ("openai", "local"), default_provider),
             redis_url=e.redis_url("REDIS_URL"),
+            redis_ca_file=e.pem_file("AXRISI_REDIS_CA_FILE", "CA certificates"),
+            redis_tls_verify=e.flag("AXRISI_REDIS_TLS_VERIFY", True),
             rate_limit=e.rate_limit("AXRISI_RATE_LIMIT", "30/minute;1000/day"),
             max_streams_per_user=e.integer("AXRISI_MAX_STREAMS_PER_USER", 3, low=0),
             token_quota=e.token_quota("AXRISI_TOKEN_QUOTA"),
@@ -168,8 +200,13 @@ class Settings:
         )
         _check_jwt(settings)
         _check_scaling(settings)
+        _check_redis_tls(settings)
         _check_local_model(settings)
         return settings
+
+
+def _is_tls(redis_url: str | None) -> bool:
+    return bool(redis_url) and str(redis_url).lower().startswith("rediss://")
 
 
 def default_max_streams(workers: int) -> int:
@@ -190,6 +227,13 @@ def _check_scaling(s: Settings) -> None:
             "would be counted per worker; set REDIS_URL so that the workers share them "
             "(or use WEB_CONCURRENCY=1)."
         )
+
+
+def _check_redis_tls(s: Settings) -> None:
+    """A CA file with verification off would be ignored: one of them is a mistake."""
+    if s.redis_ca_file and not s.redis_tls_verify:
+        raise ConfigError("Set AXRISI_REDIS_CA_FILE or AXRISI_REDIS_TLS_VERIFY=0, not both: with "
+                          "verification off the CA certificates would not be used.")
 
 
 def _check_local_model(s: Settings) -> None:
@@ -266,6 +310,33 @@ class _Env:
         except ValueError:
             raise ConfigError(f"{name} must be a whole number, not {value!r}.") from None
         return int(self._in_range(name, number, low, high))
+
+    def flag(self, name: str, default: bool) -> bool:
+        """1 or 0 (true or false, yes or no, on or off), or ``default`` when unset."""
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be 1 or 0, not {value!r}.")
+
+    def pem_file(self, name: str, what: str) -> str | None:
+        """The path of a readable PEM file holding ``what`` (at least one certificate)."""
+        path = self.text(name)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as file:
+                pem = file.read(1024 * 1024)
+        except OSError as error:
+            raise ConfigError(f"{name} must be a readable file of {what}, and {path!r} is not "
+                              f"({error.strerror or error}).") from None
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise ConfigError(f"{name} must be a PEM file of {what}, and {path!r} holds no "
+                              "-----BEGIN CERTIFICATE----- block.")
+        return path
 
     def optional_integer(self, name: str, low: int | None = None,
                          high: int | None = None) -> int | None:

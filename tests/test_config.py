@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from axrisi.config import ConfigError, Settings
@@ -366,3 +368,78 @@ def test_model_summaries_need_a_model() -> None:
     """AXRISI_LOCAL_SUMMARY=model without AXRISI_LOCAL_MODEL refuses to start, naming both."""
     message = config_error({**BASE, "AXRISI_LOCAL_SUMMARY": "model"})
     assert "AXRISI_LOCAL_SUMMARY" in message and "AXRISI_LOCAL_MODEL" in message
+
+
+# --- Redis over TLS: AXRISI_REDIS_CA_FILE, AXRISI_REDIS_TLS_VERIFY ---------------------------
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+TLS_URL = "rediss://:pw@redis.example:6380/0"
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    path.write_text(PEM)
+    return str(path)
+
+
+def test_redis_tls_defaults_verify_against_the_system_cas() -> None:
+    """Unset: the certificate is verified (its name too) against the system's CAs."""
+    s = settings(REDIS_URL=TLS_URL)
+    assert (s.redis_ca_file, s.redis_tls_verify, s.redis_tls_unverified) == (None, True, False)
+    assert s.redis_tls_options() == {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+
+def test_redis_ca_file_is_trusted(ca_file: str) -> None:
+    s = settings(REDIS_URL=TLS_URL, AXRISI_REDIS_CA_FILE=ca_file)
+    assert s.redis_ca_file == ca_file
+    assert s.redis_tls_options() == {"ssl_cert_reqs": "required", "ssl_check_hostname": True,
+                                     "ssl_ca_certs": ca_file}
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", "off"])
+def test_redis_tls_verify_off_accepts_any_certificate(value: str) -> None:
+    s = settings(REDIS_URL=TLS_URL, AXRISI_REDIS_TLS_VERIFY=value)
+    assert s.redis_tls_verify is False and s.redis_tls_unverified is True
+    assert s.redis_tls_options() == {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on", ""])
+def test_redis_tls_verify_on(value: str) -> None:
+    assert settings(REDIS_URL=TLS_URL, AXRISI_REDIS_TLS_VERIFY=value).redis_tls_verify is True
+
+
+@pytest.mark.parametrize("url", [None, "redis://:pw@redis.example:6379/0",
+                                 "unix:///run/redis.sock"])
+def test_redis_tls_settings_apply_to_rediss_urls_only(url: str | None, ca_file: str) -> None:
+    """A plain connection takes no ssl_* options (redis-py would refuse them), and nothing
+    unverified is said about it."""
+    for extra in ({"AXRISI_REDIS_CA_FILE": ca_file}, {"AXRISI_REDIS_TLS_VERIFY": "0"}):
+        s = settings(**extra, **({"REDIS_URL": url} if url else {}))
+        assert s.redis_tls_options() == {} and s.redis_tls_unverified is False
+    s = settings(REDIS_URL="redis://x:6379/0", AXRISI_REDIS_CA_FILE=ca_file)
+    assert s.redis_tls_options("REDISS://x:6380/0")["ssl_ca_certs"] == ca_file
+
+
+def test_redis_ca_file_must_be_a_readable_pem_file(tmp_path: Path) -> None:
+    """A missing file, a directory, a file with no certificate: one sentence naming it."""
+    not_pem = tmp_path / "ca.der"
+    not_pem.write_bytes(b"\x30\x82\x01\x0a")
+    for path in (str(tmp_path / "missing.pem"), str(tmp_path), str(not_pem)):
+        message = config_error({**BASE, "REDIS_URL": TLS_URL, "AXRISI_REDIS_CA_FILE": path})
+        assert message.startswith("AXRISI_REDIS_CA_FILE ") and path in message
+        assert "\n" not in message and message.endswith(".")
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "verify"])
+def test_redis_tls_verify_must_be_1_or_0(value: str) -> None:
+    message = config_error({**BASE, "REDIS_URL": TLS_URL, "AXRISI_REDIS_TLS_VERIFY": value})
+    assert message == f"AXRISI_REDIS_TLS_VERIFY must be 1 or 0, not {value!r}."
+
+
+def test_a_ca_file_with_verification_off_is_refused(ca_file: str) -> None:
+    """The CA file would be ignored: one of the two settings is a mistake."""
+    message = config_error({**BASE, "REDIS_URL": TLS_URL, "AXRISI_REDIS_CA_FILE": ca_file,
+                            "AXRISI_REDIS_TLS_VERIFY": "0"})
+    assert "AXRISI_REDIS_CA_FILE" in message and "AXRISI_REDIS_TLS_VERIFY=0" in message
+    assert "\n" not in message and message.endswith(".")

@@ -194,7 +194,9 @@ def same(documented_default: str, value: Any) -> bool:
     """Does a plain documented default say ``value``?"""
     if documented_default.lower() in UNSET:
         return value is None or value == "" or value == ()
-    if isinstance(value, bool) or value is None or isinstance(value, (tuple, list)):
+    if isinstance(value, bool):  # a switch: documented as 1 or 0, as it is set
+        return documented_default == ("1" if value else "0")
+    if value is None or isinstance(value, (tuple, list)):
         return False
     if isinstance(value, (int, float)):
         try:

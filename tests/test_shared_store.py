@@ -117,3 +117,27 @@ def test_last_event_id_positions() -> None:
     assert resume_position(5, " ") == 0
     assert resume_position(5, "5-0") == 1
     assert resume_position(5, "5-41") == 42
+
+
+def test_every_client_gets_the_tls_options() -> None:
+    """The store's clients, its blocking readers, the rate limit's storage and the token
+    quota's own limits storage all connect with the TLS options (AXRISI_REDIS_CA_FILE, ...)."""
+    from axrisi.config import Settings
+    from axrisi.shared.counters import TokenQuota
+    from axrisi.shared.limitstore import SCHEME, SharedLimitStorage
+
+    url = "rediss://:pw@127.0.0.1:1/0"  # never contacted
+    tls = Settings.from_env({"JWT_SECRET_KEY": "s" * 32, "REDIS_URL": url,
+                             "AXRISI_REDIS_TLS_VERIFY": "0"}).redis_tls_options()
+    s = SharedStore(url, tls=tls)
+    quota = TokenQuota("100/day", s)
+    assert quota.shared is not None
+    limits_storage: SharedLimitStorage = SharedLimitStorage(SCHEME + url, store=s)
+    pools = [s.client.connection_pool, s.background.connection_pool,
+             s.reader(1.0).connection_pool, quota.shared.storage.storage.connection_pool,
+             limits_storage.redis.storage.connection_pool]
+    for pool in pools:
+        assert pool.connection_class is redis.SSLConnection
+        assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+        assert pool.connection_kwargs["ssl_check_hostname"] is False
+    assert s.options(1.0)["socket_timeout"] == 1.0  # the deadlines stay

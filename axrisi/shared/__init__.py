@@ -41,7 +41,7 @@ def follow_block_seconds(settings: Settings) -> float:
 
 def connect(settings: Settings, url: str) -> SharedState:
     """The shared state on the Redis at ``url``; the mirror's writer starts in this worker."""
-    store = SharedStore(url)
+    store = SharedStore(url, tls=settings.redis_tls_options(url))
     metrics.REDIS_UP.set(1)
     store.listeners.append(lambda up: metrics.REDIS_UP.set(1 if up else 0))
     mirror = EventMirror(store, settings.resume_ttl_seconds,

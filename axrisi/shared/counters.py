@@ -36,7 +36,7 @@ import redis
 from .. import metrics
 from ..users import user_key
 from .mirror import EventMirror, SideWrite
-from .store import SharedStore, redis_options
+from .store import SharedStore
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ class TokenQuota:
         self.local = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
         self.shared: limits.strategies.FixedWindowRateLimiter | None = None
         if store is not None:
-            storage = limits.storage.storage_from_string(store.url, **redis_options())
+            # limits hands these to redis.from_url: the deadlines and the TLS options too.
+            storage = limits.storage.storage_from_string(store.url, **store.options())
             self.shared = limits.strategies.FixedWindowRateLimiter(storage)
 
     def retry_after(self, user: str) -> int | None:

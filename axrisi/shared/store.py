@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import gevent
@@ -57,23 +57,30 @@ OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 """What counts against Redis's health. ``redis.ResponseError`` (an answer) does not."""
 
 
-def redis_options(timeout: float | None = CHECK_SECONDS) -> dict[str, Any]:
-    """Connection options for every Redis client we make (ours, flask-limiter's, limits')."""
+def redis_options(timeout: float | None = CHECK_SECONDS,
+                  tls: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Connection options for every Redis client we make (ours, flask-limiter's, limits'):
+    the deadlines, one retry, and ``tls`` for a ``rediss://`` URL
+    (``Settings.redis_tls_options``: AXRISI_REDIS_CA_FILE, AXRISI_REDIS_TLS_VERIFY)."""
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": CHECK_SECONDS,
         "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         "health_check_interval": 0,
+        **(tls or {}),
     }
 
 
 class SharedStore:
     """Redis clients by deadline, plus the breaker that decides when to stop trying."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: Mapping[str, Any] | None = None) -> None:
         self.url = url
-        self.client: redis.Redis = redis.Redis.from_url(url, **redis_options(CHECK_SECONDS))
-        self.background: redis.Redis = redis.Redis.from_url(url, **redis_options(WRITE_SECONDS))
+        self.tls = dict(tls or {})
+        """redis-py's ``ssl_*`` options for a ``rediss://`` URL, given to every client made
+        from this store (:meth:`options`)."""
+        self.client: redis.Redis = redis.Redis.from_url(url, **self.options(CHECK_SECONDS))
+        self.background: redis.Redis = redis.Redis.from_url(url, **self.options(WRITE_SECONDS))
         self.up = True
         self._timeouts = 0
         self._down_until = 0.0
@@ -83,9 +90,13 @@ class SharedStore:
         later than :data:`LATE_SECONDS`."""
         self.listeners: list[Callable[[bool], None]] = []
 
+    def options(self, timeout: float | None = CHECK_SECONDS) -> dict[str, Any]:
+        """:func:`redis_options` with this store's TLS options: for any client on its URL."""
+        return redis_options(timeout, self.tls)
+
     def reader(self, block_seconds: float) -> redis.Redis:
         """A client for blocking reads of up to ``block_seconds`` (its own pool)."""
-        return redis.Redis.from_url(self.url, **redis_options(block_seconds + WRITE_SECONDS))
+        return redis.Redis.from_url(self.url, **self.options(block_seconds + WRITE_SECONDS))
 
     @property
     def open(self) -> bool:

@@ -25,6 +25,8 @@ DEVELOPMENT = {"AXRISI_ENV": "development", "JWT_SECRET_KEY": None, "JWT_AUDIENC
     ({"AXRISI_RATE_LIMIT": "lots"}, "AXRISI_RATE_LIMIT"),
     ({"OPENAI_BASE_URL": "localhost:11434"}, "OPENAI_BASE_URL"),
     ({"WEB_CONCURRENCY": "2"}, "REDIS_URL"),
+    ({"AXRISI_REDIS_CA_FILE": "/nonexistent/redis-ca.pem"}, "AXRISI_REDIS_CA_FILE"),
+    ({"AXRISI_REDIS_TLS_VERIFY": "maybe"}, "AXRISI_REDIS_TLS_VERIFY"),
 ])
 def test_refuses_to_start_on_a_bad_setting(env: dict, setting: str) -> None:
     """gunicorn exits non-zero with one sentence naming the bad setting."""

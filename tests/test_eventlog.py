@@ -91,3 +91,18 @@ def test_a_follower_that_leaves_releases_the_generation() -> None:
     log.unfollow(cursor)
     writer.join(timeout=2)
     assert writer.dead and log.next_seq == 5
+
+
+def test_span_is_the_frames_back_to_back() -> None:
+    """What the mirror writes as one entry: the frames joined, and each one's length."""
+    log = EventLog(7, max_events=5)
+    for n in range(8):
+        log.append({"content": "x" * n})
+    frames = log.read(log.base)
+    blob, lengths = log.span(log.base, 100)
+    assert blob == b"".join(frames) and lengths == [len(f) for f in frames]
+    blob, lengths = log.span(log.base + 1, 2)
+    assert blob == b"".join(frames[1:3]) and len(lengths) == 2
+    assert log.span(log.next_seq, 10) == (b"", [])
+    with pytest.raises(EventsDropped):
+        log.span(0, 1)

@@ -417,17 +417,17 @@ class EventMirror:
         gap = first < event_log.base  # the log's cap dropped them before Redis took them
         if gap:
             first = event_log.base
-        frames = event_log.read(first, MAX_FRAMES_PER_WRITE)
-        last = first + len(frames) - 1
-        final = bool(frames) and event_log.ended and last + 1 == event_log.next_seq
+        blob, lengths = event_log.span(first, MAX_FRAMES_PER_WRITE)
+        last = first + len(lengths) - 1
+        final = bool(lengths) and event_log.ended and last + 1 == event_log.next_seq
         if entry.done and not entry.checked:
             return _Write(entry, "none", entry.written)
         if entry.checked or gap or (entry.created and not lease_held):
-            self._checked(pipe, entry, first, last, gap, final, frames)
+            self._checked(pipe, entry, first, last, gap, final, blob, lengths)
             return _Write(entry, "checked", last, 1)
-        if not frames:
+        if not lengths:
             return _Write(entry, "none", entry.written)
-        fields = _entry_fields(first, frames, final)
+        fields = _entry_fields(first, blob, lengths, final)
         key, sid = events_key(event_log.stream_id), event_log.stream_id
         minid = f"{sid}-{max(0, last + 1 - self.max_events)}"
         pipe.xadd(key, fields, id=f"{sid}-{last}", nomkstream=entry.created, minid=minid)
@@ -443,13 +443,12 @@ class EventMirror:
         return _Write(entry, "append" if entry.created else "create", last, commands)
 
     def _checked(self, pipe: redis.client.Pipeline, entry: Mirrored, first: int, last: int,
-                 gap: bool, final: bool, frames: list[bytes]) -> None:
+                 gap: bool, final: bool, blob: bytes, lengths: list[int]) -> None:
         sid = entry.log.stream_id
-        lengths = ",".join(str(len(f)) for f in frames) if len(frames) > 1 else ""
         self._append(keys=[events_key(sid), meta_key(sid)],
                      args=[sid, first, last, int(gap), self._ttl_ms(entry), entry.owner,
                            self.worker_id, max(0, last + 1 - self.max_events), int(final),
-                           b"".join(frames), lengths],
+                           blob, ",".join(map(str, lengths)) if len(lengths) > 1 else ""],
                      client=pipe)
 
     def _ttl_ms(self, entry: Mirrored) -> int:
@@ -513,11 +512,12 @@ def _failed(side: list[SideWrite]) -> None:
             log.exception("a side write's fallback failed")
 
 
-def _entry_fields(first: int, frames: list[bytes], final: bool) -> dict[FieldT, EncodableT]:
+def _entry_fields(first: int, blob: bytes, lengths: list[int],
+                  final: bool) -> dict[FieldT, EncodableT]:
     """A stream entry: the first position, the frames back to back, their lengths, the end."""
-    fields: dict[FieldT, EncodableT] = {"s": first, "f": b"".join(frames)}
-    if len(frames) > 1:
-        fields["n"] = ",".join(str(len(frame)) for frame in frames)
+    fields: dict[FieldT, EncodableT] = {"s": first, "f": blob}
+    if len(lengths) > 1:
+        fields["n"] = ",".join(map(str, lengths))
     if final:
         fields["t"] = "1"
     return fields

@@ -202,6 +202,21 @@ class EventLog:
             return [bytes(view[self._start(i) - offset:self._start(i + 1) - offset])
                     for i in range(index, stop)]
 
+    def span(self, position: int, limit: int) -> tuple[bytes, list[int]]:
+        """The frames from ``position`` on (at most ``limit``) back to back, and their lengths:
+        what the mirror writes as one Redis entry, with no ``bytes`` object per frame."""
+        index = position - self.base
+        if index < 0:
+            raise EventsDropped(position)
+        stop = min(len(self.starts), index + limit)
+        if stop <= index:
+            return b"", []
+        bounds = [*self.starts[index:stop], self._start(stop)]
+        offset = self.byte_base
+        with memoryview(self.buffer) as view:
+            blob = bytes(view[bounds[0] - offset:bounds[-1] - offset])
+        return blob, [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+
     def finished_at(self, position: int) -> bool:
         """True when a follower at ``position`` has seen the terminal event."""
         return self.ended and position >= self.next_seq

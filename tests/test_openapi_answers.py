@@ -22,10 +22,9 @@ from werkzeug.test import TestResponse
 from axrisi import create_app
 from axrisi.config import Settings
 from axrisi.web.auth import mint_token
-from axrisi.web.openapi import DOCUMENT
 from axrisi.web.services import services
+from tests.test_api_doc import OPENAPI, resolve
 
-OPENAPI: dict[str, Any] = json.loads(DOCUMENT.read_text())
 BAD_TOKEN = {"Authorization": "Bearer not.a.token"}
 SUMMARY = {"command": "summarize", "text": "One. Two. Three."}
 Provoke = Callable[[FlaskClient, dict[str, str]], TestResponse]
@@ -53,16 +52,6 @@ def make_client(**settings: Any) -> FlaskClient:
 def good_token(client: FlaskClient) -> dict[str, str]:
     with client.application.app_context():
         return {"Authorization": f"Bearer {mint_token('alice')}"}
-
-
-def resolve(node: dict[str, Any]) -> dict[str, Any]:
-    """Follow a local ``$ref`` (and the ones it leads to)."""
-    while "$ref" in node:
-        target: Any = OPENAPI
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
 
 
 def validate(schema: dict[str, Any], instance: object) -> None:

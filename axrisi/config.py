@@ -74,6 +74,9 @@ class Settings:
     openai_fallback_base_url: str | None = None
     openai_fallback_api_key: str | None = None
     fallback_model: str | None = None
+    greenlet_gauge: bool = False
+    """``AXRISI_GREENLET_GAUGE``: count live greenlets at each scrape, a walk of the heap that
+    holds the worker's loop (and every stream) for longer the more streams it has."""
     trusted_proxies: int | Literal["private"] = "private"
     """Whose ``X-Forwarded-For`` to believe: ``private`` (a connection from a loopback or
     private-network address, as PaaS routers and a proxy on the same host make), or that many hops
@@ -182,6 +185,7 @@ class Settings:
             openai_fallback_api_key=e.text("OPENAI_FALLBACK_API_KEY"),
             fallback_model=e.text("AXRISI_FALLBACK_MODEL"),
             trusted_proxies=e.proxies("AXRISI_TRUSTED_PROXIES"),
+            greenlet_gauge=e.integer("AXRISI_GREENLET_GAUGE", 0, low=0, high=1) == 1,
             local_model=e.local_model("AXRISI_LOCAL_MODEL"),
             local_summary=e.choice("AXRISI_LOCAL_SUMMARY", ("extractive", "model"),
                                    "extractive"),

@@ -308,6 +308,7 @@ class Server:
                 # with the leak check reading the slots gauge).
                 "AXRISI_MAX_STREAMS_PER_USER": "1000000",
                 "AXRISI_RATE_LIMIT": "1000000000/minute",
+                "AXRISI_GREENLET_GAUGE": "1",  # the leak checks read it
                 "LOG_LEVEL": "warning",
             })
             self.cmd = [PY, "-m", "gunicorn", "-c", "gunicorn.conf.py",

@@ -137,3 +137,25 @@ def test_api_paths_only() -> None:
     for path in ("/", "/healthz"):
         response = c.get(path, headers={"Origin": "https://a.test"})
         assert "Access-Control-Allow-Origin" not in response.headers, path
+
+
+def test_a_scrape_does_not_walk_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A walk of every object holds the worker's loop (every stream) for as long as the heap
+    is big: /metrics does none unless AXRISI_GREENLET_GAUGE asks for the greenlet count."""
+    import gc
+
+    walks: list[int] = []
+    real = gc.get_objects
+
+    def counted(*args: object) -> list[object]:
+        walks.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gc, "get_objects", counted)
+    for gauge, expected in ((False, 0), (True, 1)):
+        walks.clear()
+        app = create_app(Settings(env="development", jwt_secret_key="x" * 40,
+                                  greenlet_gauge=gauge))
+        answer = app.test_client().get("/metrics")
+        assert answer.status_code == 200
+        assert len(walks) == expected

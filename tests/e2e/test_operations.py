@@ -100,7 +100,7 @@ def test_greenlets_gauge_counts_streams_and_returns_after_drops(upstream: FakeUp
     """Each open stream shows in the worker's greenlet count, and dropped ones leave none."""
     slow = unique_key("m-green")
     upstream.add_scenario(slow, Scenario(tokens=["g "] * 1000, delay=0.05))
-    with Gunicorn(env_for(upstream)) as server:
+    with Gunicorn(env_for(upstream, AXRISI_GREENLET_GAUGE="1")) as server:
         idle = greenlets(server)
         conns = [SSEConnection(server.url, run_body(slow)) for _ in range(5)]
         for conn in conns:

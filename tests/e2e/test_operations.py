@@ -96,6 +96,13 @@ def greenlets(server: Gunicorn) -> float:
     return float(samples[0])
 
 
+def test_no_greenlet_count_without_the_setting(upstream: FakeUpstream) -> None:
+    """By default a scrape walks no heap, and shows no greenlet gauge (not a misleading 0)."""
+    with Gunicorn(env_for(upstream)) as server:
+        text = scrape(server)
+    assert "axrisi_open_streams" in text and "axrisi_greenlets" not in text
+
+
 def test_greenlets_gauge_counts_streams_and_returns_after_drops(upstream: FakeUpstream) -> None:
     """Each open stream shows in the worker's greenlet count, and dropped ones leave none."""
     slow = unique_key("m-green")

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
+from run import RedisServer  # the bench's own: pinned, no persistence, on 127.0.0.1
 
 FRAME = b'id: 1796603485270-33\ndata: {"content":" g33","commandId":1796603485270}\n\n'
 TOKENS, TOKENS_PER_SECOND, TICK_SECONDS, TTL_MS = 200, 50, 0.2, 300_000
@@ -136,33 +135,14 @@ class Replay:
             time.sleep(0.001)
 
 
-def redis_server(directory: str) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", directory],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc, port
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
-
-
 def measure(label: str, rate: float, seconds: float, round_trips: bool, ticks: bool) -> None:
-    with tempfile.TemporaryDirectory(prefix="axrisi-redis-costs-") as directory:
-        proc, port = redis_server(directory)
+    cpus = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="axrisi-redis-costs-") as log_dir:
+        server = RedisServer(Path(log_dir), cpus[0] if len(cpus) >= 2 else None).start()
         try:
-            cpus = sorted(os.sched_getaffinity(0))
             if len(cpus) >= 2:
-                os.sched_setaffinity(proc.pid, {cpus[0]})
                 os.sched_setaffinity(0, {cpus[-1]})
-            client = redis.Redis(port=port)
+            client = redis.Redis(port=server.port)
             replay = Replay(client, rate, round_trips, ticks)
             before, began = _cpu(client), time.monotonic()
             replay.run(seconds)
@@ -171,8 +151,7 @@ def measure(label: str, rate: float, seconds: float, round_trips: bool, ticks: b
             print(f"{label:18} Redis CPU {spent * 1e3 / elapsed:6.1f} ms/s  {per_token}  "
                   f"({replay.tokens / elapsed:,.0f} tokens/s, {rate:g} streams/s)")
         finally:
-            proc.kill()
-            proc.wait(5)
+            server.stop()
 
 
 def _cpu(client: redis.Redis) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
@@ -106,6 +106,20 @@ def test_grace_keeps_generating_until_a_client_comes_back_or_it_runs_out(
     assert stream.end.outcome == ("shutting_down" if comes_back else "cancelled")
 
 
+def dropped_in_grace(provider: SlowProvider, attached_elsewhere: Callable[[int], bool | None],
+                     unsure_seconds: float) -> Stream:
+    """A stream whose one client left (a 0.05 s grace), followed to its end."""
+    registry = StreamRegistry(provider, LocalIds(), upstream_timeout=5.0,
+                              retention=Retention(grace_seconds=0.05,
+                                                  unsure_seconds=unsure_seconds),
+                              owner_key=lambda u: u, attached_elsewhere=attached_elsewhere)
+    stream = registry.start("alice", REQUEST)
+    registry.attach(stream)
+    registry.detach(stream)
+    stream.generation.greenlet.join(5)
+    return stream
+
+
 def test_a_grace_runs_out_only_when_someone_can_tell_nobody_came_back() -> None:
     """"Cannot tell" (Redis unreachable) keeps the stream going; a reader elsewhere too; only
     a clear "nobody" ends the grace."""
@@ -116,14 +130,7 @@ def test_a_grace_runs_out_only_when_someone_can_tell_nobody_came_back() -> None:
         asked.append(answers[len(asked)])
         return asked[-1]
 
-    provider = SlowProvider(10_000, 0.01)
-    registry = StreamRegistry(provider, LocalIds(), upstream_timeout=5.0,
-                              retention=Retention(grace_seconds=0.05, unsure_seconds=30.0),
-                              owner_key=lambda u: u, attached_elsewhere=attached_elsewhere)
-    stream = registry.start("alice", REQUEST)
-    registry.attach(stream)
-    registry.detach(stream)
-    stream.generation.greenlet.join(5)
+    stream = dropped_in_grace(SlowProvider(10_000, 0.01), attached_elsewhere, 30.0)
     assert asked == answers
     assert stream.end is not None and stream.end.outcome == "cancelled"
 
@@ -137,13 +144,7 @@ def test_cannot_tell_goes_on_for_at_most_the_unsure_bound() -> None:
         return None
 
     provider = SlowProvider(10_000, 0.01)
-    registry = StreamRegistry(provider, LocalIds(), upstream_timeout=5.0,
-                              retention=Retention(grace_seconds=0.05, unsure_seconds=0.3),
-                              owner_key=lambda u: u, attached_elsewhere=cannot_tell)
-    stream = registry.start("alice", REQUEST)
-    registry.attach(stream)
-    registry.detach(stream)
-    stream.generation.greenlet.join(5)
+    stream = dropped_in_grace(provider, cannot_tell, 0.3)
     assert stream.end is not None and stream.end.outcome == "cancelled"
     assert len(asked) >= 3 and provider.closed
 

@@ -170,7 +170,7 @@ class _Write:
     """``none``, ``create``, ``append`` (plain XADD) or ``checked`` (the script)."""
     last: int = -1
     commands: int = 0
-    queued_ms: int = field(default_factory=lambda: now_ms())
+    queued_ms: int = field(default_factory=now_ms)
 
 
 class EventMirror:
@@ -414,14 +414,14 @@ class EventMirror:
         """Queue one stream's unwritten events (at most :data:`MAX_FRAMES_PER_WRITE`)."""
         event_log = entry.log
         first = entry.written + 1
+        if entry.done and not entry.checked:
+            return _Write(entry, "none", entry.written)
         gap = first < event_log.base  # the log's cap dropped them before Redis took them
         if gap:
             first = event_log.base
         blob, lengths = event_log.span(first, MAX_FRAMES_PER_WRITE)
         last = first + len(lengths) - 1
         final = bool(lengths) and event_log.ended and last + 1 == event_log.next_seq
-        if entry.done and not entry.checked:
-            return _Write(entry, "none", entry.written)
         if entry.checked or gap or (entry.created and not lease_held):
             self._checked(pipe, entry, first, last, gap, final, blob, lengths)
             return _Write(entry, "checked", last, 1)
@@ -448,8 +448,12 @@ class EventMirror:
         self._append(keys=[events_key(sid), meta_key(sid)],
                      args=[sid, first, last, int(gap), self._ttl_ms(entry), entry.owner,
                            self.worker_id, max(0, last + 1 - self.max_events), int(final),
-                           blob, ",".join(map(str, lengths)) if len(lengths) > 1 else ""],
+                           blob, _lengths(lengths) or ""],
                      client=pipe)
+
+    def _next_refresh(self) -> float:
+        """When a running stream's expiries are renewed next: at a third of their TTL."""
+        return time.monotonic() + self.running_ttl_ms / 3000
 
     def _ttl_ms(self, entry: Mirrored) -> int:
         if entry.ended_at is None:
@@ -470,7 +474,7 @@ class EventMirror:
             top, status = (int(x) for x in reply)  # type: ignore[attr-defined]
             entry.written, entry.created = top, True
             entry.checked = status == 2
-            entry.refresh_at = time.monotonic() + self.running_ttl_ms / 3000
+            entry.refresh_at = self._next_refresh()
             entry.done = status == 1  # else: written to its end below, or Redis lost some
         elif write.kind in ("create", "append"):
             if isinstance(replies[0], Exception) or replies[0] is None:
@@ -480,7 +484,7 @@ class EventMirror:
                 return True
             entry.written = write.last
             if len(replies) > 1:
-                entry.refresh_at = time.monotonic() + self.running_ttl_ms / 3000
+                entry.refresh_at = self._next_refresh()
             entry.created = True
         if entry.log.ended and entry.written + 1 >= entry.log.next_seq:
             entry.done = True
@@ -504,6 +508,11 @@ class EventMirror:
             entry.dirty_ms = None
 
 
+def _lengths(lengths: list[int]) -> str | None:
+    """An entry's ``n`` field: its frames' lengths, needed only when it holds several."""
+    return ",".join(map(str, lengths)) if len(lengths) > 1 else None
+
+
 def _failed(side: list[SideWrite]) -> None:
     for write in side:
         try:
@@ -516,8 +525,8 @@ def _entry_fields(first: int, blob: bytes, lengths: list[int],
                   final: bool) -> dict[FieldT, EncodableT]:
     """A stream entry: the first position, the frames back to back, their lengths, the end."""
     fields: dict[FieldT, EncodableT] = {"s": first, "f": blob}
-    if len(lengths) > 1:
-        fields["n"] = ",".join(map(str, lengths))
+    if (joined := _lengths(lengths)) is not None:
+        fields["n"] = joined
     if final:
         fields["t"] = "1"
     return fields

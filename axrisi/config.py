@@ -52,6 +52,9 @@ class Settings:
     system's are trusted too)."""
     redis_tls_verify: bool = True
     """``AXRISI_REDIS_TLS_VERIFY``: False accepts any certificate (a provider's self-signed one)."""
+    redis_cluster: bool = False
+    """``AXRISI_REDIS_CLUSTER``: REDIS_URL names a node of a Redis Cluster (the client finds the
+    others and follows the slots as they move)."""
     rate_limit: str = "30/minute;1000/day"
     max_streams_per_user: int = 3
     token_quota: str | None = None
@@ -162,6 +165,7 @@ class Settings:
             redis_url=e.redis_url("REDIS_URL"),
             redis_ca_file=e.pem_file("AXRISI_REDIS_CA_FILE", "CA certificates"),
             redis_tls_verify=e.flag("AXRISI_REDIS_TLS_VERIFY", True),
+            redis_cluster=e.flag("AXRISI_REDIS_CLUSTER", False),
             rate_limit=e.rate_limit("AXRISI_RATE_LIMIT", "30/minute;1000/day"),
             max_streams_per_user=e.integer("AXRISI_MAX_STREAMS_PER_USER", 3, low=0),
             token_quota=e.token_quota("AXRISI_TOKEN_QUOTA"),
@@ -205,6 +209,7 @@ class Settings:
         _check_jwt(settings)
         _check_scaling(settings)
         _check_redis_tls(settings)
+        _check_redis_cluster(settings)
         _check_local_model(settings)
         return settings
 
@@ -238,6 +243,13 @@ def _check_redis_tls(s: Settings) -> None:
     if s.redis_ca_file and not s.redis_tls_verify:
         raise ConfigError("Set AXRISI_REDIS_CA_FILE or AXRISI_REDIS_TLS_VERIFY=0, not both: with "
                           "verification off the CA certificates would not be used.")
+
+
+def _check_redis_cluster(s: Settings) -> None:
+    """A cluster is reached over TCP, through REDIS_URL's node."""
+    if s.redis_cluster and not (s.redis_url or "").startswith(("redis://", "rediss://")):
+        raise ConfigError("AXRISI_REDIS_CLUSTER=1 needs REDIS_URL naming a node of the cluster "
+                          "(redis:// or rediss://).")
 
 
 def _check_local_model(s: Settings) -> None:

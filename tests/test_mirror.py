@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from axrisi.shared import keys
 from axrisi.shared import mirror as mirror_module
 from axrisi.shared.events import RedisEvents
-from axrisi.shared.mirror import EventMirror, SideWrite, events_key, meta_key
+from axrisi.shared.mirror import EventMirror, SideWrite
 from axrisi.shared.store import SharedStore
 from axrisi.stream.eventlog import EventLog
 from tests.e2e.faultproxy import FaultProxy
@@ -63,7 +64,7 @@ class Rig:
     def read(self, stream_id: int, position: int) -> list[bytes]:
         """The frames a reader elsewhere gets from ``position`` (until a silence or the end)."""
         frames: list[bytes] = []
-        for batch in self.events.follow(stream_id, position):
+        for batch in self.events.follow(stream_id, position, self.mirror.worker_id):
             if batch is None:
                 break
             frames += batch
@@ -100,7 +101,7 @@ def test_every_position_reads_back_exactly(redis_server: RedisServer) -> None:
     append(event_log, 4, final=True)
     assert rig.round()
     frames = event_log.frames
-    assert redis_server.client().xlen(events_key(event_log.stream_id)) == 7 < len(frames)
+    assert redis_server.client().xlen(keys.events(event_log.stream_id)) == 7 < len(frames)
     for position in range(len(frames)):
         assert rig.read(event_log.stream_id, position) == frames[position:], position
     assert rig.mirror.streams[event_log.stream_id].done
@@ -126,9 +127,10 @@ def test_a_flush_is_one_xadd_and_expiries_are_set_at_start_and_end(
     assert rig.mirror._flush(rig.mirror._take_due())
     spent = delta(before, commands(client))
     assert middle == {"xadd": 1}
-    assert spent == {"xadd": 11, "pexpire": 2}, spent
-    assert client.pttl(events_key(event_log.stream_id)) > 200_000
-    assert client.hget(meta_key(event_log.stream_id), "owner") == OWNER.encode()
+    assert spent == {"xadd": 11, "pexpire": 1, "set": 1}, spent  # the record: SET with PX
+    assert client.pttl(keys.events(event_log.stream_id)) > 200_000
+    assert keys.parse_record(client.get(keys.record(event_log.stream_id))) == \
+        (OWNER, rig.mirror.worker_id)
     assert rig.read(event_log.stream_id, 0) == event_log.frames
 
 
@@ -189,7 +191,7 @@ def test_a_stream_redis_lost_is_written_again_whole(redis_server: RedisServer) -
     event_log.append({"title": "t"})
     append(event_log, 5)
     assert rig.round()
-    redis_server.client().delete(events_key(event_log.stream_id))
+    redis_server.client().delete(keys.events(event_log.stream_id))
     append(event_log, 2)
     entry = rig.mirror.streams[event_log.stream_id]
     for _ in range(4):
@@ -228,8 +230,8 @@ def test_a_stream_ended_as_an_orphan_gets_nothing_after_its_end(
     append(event_log, 2)
     assert rig.round()
     client = redis_server.client()
-    client.zadd(mirror_module.WORKERS_KEY, {rig.mirror.worker_id: 1})  # the lease lapsed
-    assert rig.events.end_orphan(event_log.stream_id, write=True) == "ended"
+    client.zadd(keys.WORKERS, {rig.mirror.worker_id: 1})  # the lease lapsed
+    assert rig.events.end_orphan(event_log.stream_id, rig.mirror.worker_id, write=True) == "ended"
     rig.mirror.beat_at = float("-inf")  # the worker was away as long
     append(event_log, 3)
     batch = rig.mirror._take_due()

@@ -131,10 +131,10 @@ def test_every_client_gets_the_tls_options() -> None:
                              "AXRISI_REDIS_TLS_VERIFY": "0"}).redis_tls_options()
     s = SharedStore(url, tls=tls)
     quota = TokenQuota("100/day", s)
-    assert quota.shared is not None
     limits_storage: SharedLimitStorage = SharedLimitStorage(SCHEME + url, store=s)
+    quota_storage = quota._shared_limiter(s).storage
     pools = [s.client.connection_pool, s.background.connection_pool,
-             s.reader(1.0).connection_pool, quota.shared.storage.storage.connection_pool,
+             s.reader(1.0).connection_pool, quota_storage.storage.connection_pool,
              limits_storage.redis.storage.connection_pool]
     for pool in pools:
         assert pool.connection_class is redis.SSLConnection

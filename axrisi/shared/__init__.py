@@ -41,11 +41,12 @@ def follow_block_seconds(settings: Settings) -> float:
 
 def connect(settings: Settings, url: str) -> SharedState:
     """The shared state on the Redis at ``url``; the mirror's writer starts in this worker."""
-    store = SharedStore(url, tls=settings.redis_tls_options(url))
+    store = SharedStore(url, tls=settings.redis_tls_options(url), cluster=settings.redis_cluster)
     metrics.REDIS_UP.set(1)
     store.listeners.append(lambda up: metrics.REDIS_UP.set(1 if up else 0))
+    running_ttl_seconds = int(settings.upstream_timeout_seconds * 2)
     mirror = EventMirror(store, settings.resume_ttl_seconds,
-                         running_ttl_seconds=int(settings.upstream_timeout_seconds * 2),
+                         running_ttl_seconds=running_ttl_seconds,
                          max_events=settings.resume_max_events,
                          lease_seconds=settings.stream_lease_seconds)
     events = RedisEvents(store, mirror, settings.resume_ttl_seconds,
@@ -53,5 +54,6 @@ def connect(settings: Settings, url: str) -> SharedState:
                          block_seconds=follow_block_seconds(settings),
                          quiet_seconds=settings.resume_grace_seconds)
     mirror.start()
-    return SharedState(store, SharedIds(store), mirror, events,
+    ids = SharedIds(store, mirror.worker_id, max(running_ttl_seconds, settings.resume_ttl_seconds))
+    return SharedState(store, ids, mirror, events,
                        StopRequests(store, mirror.worker_id))

@@ -35,8 +35,9 @@ import redis
 
 from .. import metrics
 from ..users import user_key
+from . import keys
 from .mirror import EventMirror, SideWrite
-from .store import SharedStore
+from .store import LIMITS_PREFIX, SharedStore
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ class StreamSlots:
         self.unreleased: list[Lease] = []
         self._renewer: gevent.Greenlet[[], None] | None = None
         if store is not None:
-            self._acquire = store.client.register_script(_ACQUIRE)
-            self._renew = store.client.register_script(_RENEW)
+            self._acquire = store.script(_ACQUIRE)
+            self._renew = store.script(_RENEW)
 
     def acquire(self, user: str) -> Lease | None:
         """Take a slot, or None when the user already has ``limit`` streams open."""
@@ -111,7 +112,7 @@ class StreamSlots:
         self.held.discard(lease)
         metrics.OPEN_STREAM_SLOTS.dec()
         if lease.shared and self.store is not None:
-            key = _slots_key(lease.user_key)
+            key = keys.stream_slots(lease.user_key)
             if writer is not None and not self.store.open:
                 writer.also(SideWrite(lambda pipe: len([pipe.zrem(key, lease.id)]),
                                       lambda: self._release_later(lease)))
@@ -133,7 +134,7 @@ class StreamSlots:
         if self.store is None or self.limit <= 0:
             return local
         now_ms = int(time.time() * 1000)
-        return self.store.run(lambda r: int(r.zcount(_slots_key(key), f"({now_ms}", "+inf")),
+        return self.store.run(lambda r: int(r.zcount(keys.stream_slots(key), f"({now_ms}", "+inf")),
                               lambda: local, "usage", check=True)
 
     def _release_later(self, lease: Lease) -> None:
@@ -143,7 +144,7 @@ class StreamSlots:
         self._start_renewer()
 
     def _acquire_shared(self, lease: Lease) -> bool:
-        got = int(self._acquire(keys=[_slots_key(lease.user_key)],
+        got = int(self._acquire(keys=[keys.stream_slots(lease.user_key)],
                                 args=[self.limit, self.lease_ms, lease.id]))
         lease.shared = True
         return got == 1
@@ -178,33 +179,25 @@ class StreamSlots:
     def _renew_all(self, client: redis.Redis, leases: list[Lease], gone: list[Lease]) -> None:
         pipe = client.pipeline(transaction=False)
         for lease in leases:
-            self._renew(keys=[_slots_key(lease.user_key)], args=[self.lease_ms, lease.id],
-                        client=pipe)
+            self._renew.queue(pipe, [keys.stream_slots(lease.user_key)], [self.lease_ms, lease.id])
         for lease in gone:
-            pipe.zrem(_slots_key(lease.user_key), lease.id)
+            pipe.zrem(keys.stream_slots(lease.user_key), lease.id)
         pipe.execute()
 
 
-def _slots_key(key: str) -> str:
-    return f"axrisi:streams:{key}"
-
-
 class TokenQuota:
-    """Model tokens per user and period, with the ``limits`` package."""
+    """Model tokens per user and period, with the ``limits`` package (its counters under the
+    user's hash tag: :func:`axrisi.shared.keys.user_tag`)."""
 
     def __init__(self, quota: str, store: SharedStore | None) -> None:
         self.item = limits.parse(quota)
         self.store = store
         self.local = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
-        self.shared: limits.strategies.FixedWindowRateLimiter | None = None
-        if store is not None:
-            # limits hands these to redis.from_url: the deadlines and the TLS options too.
-            storage = limits.storage.storage_from_string(store.url, **store.options())
-            self.shared = limits.strategies.FixedWindowRateLimiter(storage)
+        self._shared: limits.strategies.FixedWindowRateLimiter | None = None
 
     def retry_after(self, user: str) -> int | None:
         """None while the user has tokens left; else seconds until the window resets."""
-        key = user_key(user)
+        key = keys.user_tag(user_key(user))
         return self._on(lambda limiter: _seconds_left(limiter, self.item, key), check=True)
 
     def charge(self, user: str, tokens: int, writer: EventMirror | None = None) -> None:
@@ -213,13 +206,11 @@ class TokenQuota:
         counter (its key, its expiry set with the window's first charge), as plain commands."""
         if tokens <= 0:
             return
-        key = user_key(user)
-        storage = self.shared.storage if self.shared is not None else None
-        if writer is None or self.store is None or self.store.open or \
-                not isinstance(storage, limits.storage.RedisStorage):
+        key = keys.user_tag(user_key(user))
+        if writer is None or self.store is None or self.store.open:
             self._on(lambda limiter: limiter.hit(self.item, key, cost=tokens))
             return
-        counter, window = storage.prefixed_key(self.item.key_for(key)), self.item.get_expiry()
+        counter, window = f"{LIMITS_PREFIX}:{self.item.key_for(key)}", self.item.get_expiry()
 
         def queue(pipe: redis.client.Pipeline) -> int:
             pipe.incrby(counter, tokens)
@@ -230,16 +221,22 @@ class TokenQuota:
 
     def used(self, user: str) -> tuple[int, int]:
         """Tokens charged in the current window, and seconds until it resets (0: no window)."""
-        key = user_key(user)
+        key = keys.user_tag(user_key(user))
         return self._on(lambda limiter: _window_use(limiter, self.item, key), check=True)
 
     def _on(self, operation: Callable[[limits.strategies.FixedWindowRateLimiter], T],
             check: bool = False) -> T:
-        if self.shared is None or self.store is None:
+        store = self.store
+        if store is None:
             return operation(self.local)
-        shared = self.shared
-        return self.store.run(lambda _r: operation(shared), lambda: operation(self.local),
-                              "token_quota", check=check)
+        return store.run(lambda _r: operation(self._shared_limiter(store)),
+                         lambda: operation(self.local), "token_quota", check=check)
+
+    def _shared_limiter(self, store: SharedStore) -> limits.strategies.FixedWindowRateLimiter:
+        """The limiter on Redis, made on first use (raises an outage error until it can be)."""
+        if self._shared is None:
+            self._shared = limits.strategies.FixedWindowRateLimiter(store.limits_storage())
+        return self._shared
 
 
 def _seconds_left(limiter: limits.strategies.FixedWindowRateLimiter, item: limits.RateLimitItem,

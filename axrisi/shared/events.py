@@ -10,12 +10,12 @@ What a reader can conclude, and what it cannot:
 
 * **Unknown is not "cannot tell now".** A stream Redis does not know is ``404`` only when Redis
   answered and every live worker has written every stream it started before that id
-  (``axrisi:synced``), and Redis's dataset did not just restart empty while this worker was
+  (``keys.SYNCED``), and Redis's dataset did not just restart empty while this worker was
   registered (its writers are still putting the streams back). Otherwise, and whenever Redis does
   not answer, :class:`CannotTell`: the API answers ``503`` with ``Retry-After``.
 * **Never a hole.** Entries must arrive with consecutive positions; a gap (events the
   generating worker lost before it could write them) ends the reply with an ``internal`` error.
-* **No reader waits forever.** When the generating worker's lease in ``axrisi:workers`` lapsed
+* **No reader waits forever.** When the generating worker's lease in ``keys.WORKERS`` lapsed
   (SIGKILL, OOM, a machine lost) on two looks some seconds apart, the reader ends the stream in
   Redis with an ``internal`` error event, atomically and only if nobody ended it first, so every
   reader gets the same terminal event. A Redis that stays unreachable longer than the lease ends
@@ -34,22 +34,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import gevent
+import redis
 from redis.typing import XReadResponse
 
 from .. import jsonutil
 from ..stream import sse
 from ..stream.ports import StreamLost
-from .mirror import (
-    BOOT_KEY,
-    HEARTBEAT_SECONDS,
-    SYNCED_KEY,
-    WORKERS_KEY,
-    EventMirror,
-    attached_key,
-    events_key,
-    meta_key,
-    now_ms,
-)
+from . import keys
+from .mirror import HEARTBEAT_SECONDS, EventMirror, now_ms
 from .store import OUTAGE_ERRORS, SharedStore
 
 log = logging.getLogger(__name__)
@@ -103,21 +95,9 @@ def split_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[int, list[
 
 
 _PROBE = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then
-  local now = tonumber(ARGV[2])
-  local boot = redis.call('GET', KEYS[5])
-  if not boot then return {'unsure'} end
-  boot = tonumber(boot)
-  if boot > tonumber(ARGV[4]) and now - boot < tonumber(ARGV[5]) then return {'unsure'} end
-  local id = tonumber(ARGV[3])
-  if id <= now + 60000 then
-    for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')) do
-      if tonumber(redis.call('HGET', KEYS[4], worker) or '0') <= id then return {'unsure'} end
-    end
-  end
-  return {'unknown'}
-end
+local record = redis.call('GET', KEYS[1])
+if not record then return {'missing'} end
+local owner, worker = string.match(record, '^(%S+) (%S+)$')
 if owner ~= ARGV[1] then return {'unknown'} end
 local first, top, ended = 0, -1, 0
 local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
@@ -134,15 +114,33 @@ if #newest > 0 then
     if newest[1][2][i] == 't' then ended = 1 end
   end
 end
-return {'ok', first, top, ended, redis.call('HGET', KEYS[1], 'worker') or ''}
+return {'ok', first, top, ended, worker}
 """
-"""What Redis knows of a stream, for this owner: {'ok', first, top, ended, worker}, or why not."""
+"""What Redis knows of a stream, for this owner: {'ok', first, top, ended, worker}, 'unknown'
+(another owner's), or 'missing' (no record). Its keys are the stream's (one hash slot)."""
 
-_ORPHAN = """
-local worker = redis.call('HGET', KEYS[2], 'worker')
-if not worker then return 'unknown' end
-local lease = redis.call('ZSCORE', KEYS[3], worker)
-if lease and tonumber(lease) >= tonumber(ARGV[2]) then return 'alive' end
+_MISSING = """
+local now = tonumber(ARGV[1])
+local boot = redis.call('GET', KEYS[3])
+if not boot then return 'unsure' end
+boot = tonumber(boot)
+if boot > tonumber(ARGV[3]) and now - boot < tonumber(ARGV[4]) then return 'unsure' end
+local id = tonumber(ARGV[2])
+if id <= now + 60000 then
+  for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+    if tonumber(redis.call('HGET', KEYS[2], worker) or '0') <= id then return 'unsure' end
+  end
+end
+return 'unknown'
+"""
+"""A stream with no record: 'unknown' when every live worker has written every stream it
+started before the id and the dataset is not freshly restarted, else 'unsure'. Its keys are the
+deployment's (one hash slot)."""
+
+_END_ORPHAN = """
+local record = redis.call('GET', KEYS[2])
+if not record then return 'unknown' end
+if string.match(record, ' (%S+)$') ~= ARGV[5] then return 'moved' end
 local top = -1
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #newest > 0 then
@@ -151,15 +149,17 @@ if #newest > 0 then
     if newest[1][2][i] == 't' then return 'ended' end
   end
 end
-if ARGV[3] == '0' then return 'orphan' end
+if ARGV[2] == '0' then return 'open' end
 local id = ARGV[1] .. '-' .. (top + 1)
-local frame = 'id: ' .. id .. '\\nevent: error\\ndata: ' .. ARGV[4] .. '\\n\\n'
+local frame = 'id: ' .. id .. '\\nevent: error\\ndata: ' .. ARGV[3] .. '\\n\\n'
 redis.call('XADD', KEYS[1], id, 's', top + 1, 'f', frame, 't', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 'ended'
 """
-"""Is the stream's worker alive? With ARGV[3] = '1', end an orphaned stream with an error."""
+"""A stream whose worker (ARGV[5]) lost its lease: 'ended', 'open', 'unknown', or 'moved' (the
+record names another worker); with ARGV[2] = '1', end it with an error event unless it ended.
+Its keys are the stream's (one hash slot): whether the worker is alive is asked before, apart."""
 
 
 @dataclass
@@ -187,8 +187,9 @@ class RedisEvents:
         self.lease_seconds = lease_seconds
         self.block_seconds = block_seconds
         self.reader = store.reader(block_seconds)
-        self._probe = store.client.register_script(_PROBE)
-        self._orphan = store.client.register_script(_ORPHAN)
+        self._probe = store.script(_PROBE)
+        self._missing = store.script(_MISSING)
+        self._end_orphan = store.script(_END_ORPHAN)
 
     # Look-ups before a reply starts -------------------------------------------------------------
 
@@ -214,16 +215,20 @@ class RedisEvents:
         return RemoteStream(int(first), int(top), bool(ended), worker.decode())
 
     def _probe_once(self, stream_id: int, owner: str) -> list[Any]:
+        """One look: the stream's own keys, then (only for a stream without a record) the
+        deployment's, to tell "unknown" from "not written yet"."""
         try:
-            reply = self._probe(
-                keys=[meta_key(stream_id), events_key(stream_id), WORKERS_KEY, SYNCED_KEY,
-                      BOOT_KEY],
-                args=[owner, now_ms(), stream_id, self.mirror.first_beat_ms, RESTART_WINDOW_MS])
+            reply = cast(list[Any], self._probe([keys.record(stream_id), keys.events(stream_id)],
+                                                [owner]))
+            if reply[0] == b"missing":
+                reply = [self._missing(
+                    [keys.WORKERS, keys.SYNCED, keys.BOOT],
+                    [now_ms(), stream_id, self.mirror.first_beat_ms, RESTART_WINDOW_MS])]
         except OUTAGE_ERRORS as error:
             self.store.failed(error, check=True)
             raise CannotTell() from None
         self.store.succeeded()
-        return cast(list[Any], reply)
+        return reply
 
     def past_end(self, stream_id: int, owner: str, position: int,
                  stream: RemoteStream) -> RemoteStream:
@@ -250,20 +255,21 @@ class RedisEvents:
 
     def _synced(self, worker: str) -> bytes | str | None:
         """The worker's ``synced`` time (ms) as Redis holds it; None: unknown or unreachable."""
-        return self.store.run(lambda r: r.hget(SYNCED_KEY, worker), lambda: None,
+        return self.store.run(lambda r: r.hget(keys.SYNCED, worker), lambda: None,
                               "resume_past_end")
 
     # Following a stream -------------------------------------------------------------------------
 
-    def follow(self, stream_id: int, position: int) -> Iterator[list[bytes] | None]:
+    def follow(self, stream_id: int, position: int, worker: str
+               ) -> Iterator[list[bytes] | None]:
         """Batches of frames from ``position`` on; None after each block of silence.
 
         Ends after the terminal event; raises :class:`StreamLost` when the stream cannot be
         followed to its end (see the module's docstring).
         """
-        key = events_key(stream_id)
+        key = keys.events(stream_id)
         last: bytes | str = f"{stream_id}-{position - 1}" if position > 0 else "0-0"
-        watch = _OrphanWatch(self, stream_id)
+        watch = _OrphanWatch(self, stream_id, worker)
         unreachable_since: float | None = None
         while True:
             try:
@@ -295,17 +301,32 @@ class RedisEvents:
             if ended:
                 return
 
-    def end_orphan(self, stream_id: int, write: bool) -> str:
-        """'alive', 'ended', 'unknown' or 'orphan'; with ``write``, end an orphan (→ 'ended')."""
+    def end_orphan(self, stream_id: int, worker: str, write: bool) -> str:
+        """'alive', 'ended', 'unknown', 'orphan' or 'unreachable'; with ``write``, end an
+        orphan (→ 'ended'). Two looks in two hash slots: the worker's lease (with the stream's
+        record, in one pipeline), and only for a lapsed lease the stream's own script."""
+        return self.store.run(lambda r: self._look_at_worker(r, stream_id, worker, write),
+                              lambda: "unreachable", "resume_orphan_check")
+
+    def _look_at_worker(self, client: redis.Redis, stream_id: int, worker: str,
+                        write: bool) -> str:
+        pipe = client.pipeline(transaction=False)
+        pipe.exists(keys.record(stream_id))
+        pipe.zscore(keys.WORKERS, worker)
+        recorded, lease = pipe.execute()
+        if not recorded:
+            return "unknown"
+        if lease is not None and float(lease) >= now_ms():
+            return "alive"
+        if not write:
+            return "orphan"
         data = jsonutil.dumps({"error": LOST_MESSAGE, "code": "internal",
                                "commandId": stream_id}).decode()
-        reply = self.store.run(
-            lambda r: self._orphan(keys=[events_key(stream_id), meta_key(stream_id),
-                                         WORKERS_KEY],
-                                   args=[stream_id, now_ms(), int(write), data, self.ttl_ms],
-                                   client=r),
-            lambda: b"unreachable", "resume_orphan_check")
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+        reply = self._end_orphan([keys.events(stream_id), keys.record(stream_id)],
+                                 [stream_id, int(write), data, self.ttl_ms, worker],
+                                 client=client)
+        state = reply.decode() if isinstance(reply, bytes) else str(reply)
+        return "alive" if state == "moved" else state
 
     def lost_frame(self, stream_id: int, position: int) -> bytes:
         """The terminal event a reader gets when the stream cannot be followed to its end."""
@@ -317,12 +338,12 @@ class RedisEvents:
 
     def mark_attached(self, stream_id: int, seconds: float) -> None:
         """Tell the generating worker that a client reads this stream through Redis."""
-        self.store.run(lambda r: r.set(attached_key(stream_id), 1,
+        self.store.run(lambda r: r.set(keys.attached(stream_id), 1,
                                        px=max(1000, int(seconds * 1000))), lambda: None,
                        "resume_attach")
 
     def clear_attached(self, stream_id: int) -> None:
-        self.store.run(lambda r: r.delete(attached_key(stream_id)), lambda: None,
+        self.store.run(lambda r: r.delete(keys.attached(stream_id)), lambda: None,
                        "resume_detach")
 
     def is_attached(self, stream_id: int) -> bool | None:
@@ -330,7 +351,7 @@ class RedisEvents:
         not answer, or did not for a while within the last ``quiet_seconds`` (a reader who came
         back meanwhile got 503s and may not have attached yet). An outage never cancels a
         stream that somebody may be reading."""
-        attached = self.store.run(lambda r: r.exists(attached_key(stream_id)), lambda: None,
+        attached = self.store.run(lambda r: r.exists(keys.attached(stream_id)), lambda: None,
                                   "resume_is_attached")
         if attached:
             return True
@@ -342,9 +363,10 @@ class RedisEvents:
 class _OrphanWatch:
     """A follower's look at the generating worker during silences: two looks, then the end."""
 
-    def __init__(self, events: RedisEvents, stream_id: int) -> None:
+    def __init__(self, events: RedisEvents, stream_id: int, worker: str) -> None:
         self.events = events
         self.stream_id = stream_id
+        self.worker = worker
         self.orphan_since: float | None = None
         self.unknown_since: float | None = None
 
@@ -356,7 +378,7 @@ class _OrphanWatch:
         now = time.monotonic()
         confirmed = self.orphan_since is not None and \
             now - self.orphan_since >= ORPHAN_CONFIRM_SECONDS
-        state = self.events.end_orphan(self.stream_id, write=confirmed)
+        state = self.events.end_orphan(self.stream_id, self.worker, write=confirmed)
         if state == "orphan":
             self.orphan_since = self.orphan_since or now
         elif state == "unknown":

@@ -1,39 +1,47 @@
-"""Stream ids unique across every worker and instance that shares one Redis.
+"""Stream ids unique across every worker and instance that shares one Redis, with no shared
+counter.
 
-One key holds the last id handed out; a small script makes the next one ``max(now_ms, last + 1)``
-atomically. While Redis is down, ids come from the process (and a collision with another
-instance becomes possible, though unlikely, for that time).
+Each worker proposes ``max(now_ms, last + 1)`` from its own clock and claims it by creating the
+stream's record with ``SET NX`` (:func:`axrisi.shared.keys.record`, the stream's own hash slot):
+the first claim wins, and a worker that loses (two instances in the same millisecond) proposes
+the next millisecond. No key is touched by every stream start, so a Redis Cluster spreads them
+over its masters; and the record the claim writes is the one resumes read (owner, worker), so
+the claim costs one plain command and nothing else. While Redis does not answer, ids come from
+the process alone (a collision with another instance becomes possible, though unlikely, for that
+time), and the mirror writes the record when Redis is back.
 """
 
 from __future__ import annotations
 
-import time
+import redis
 
 from ..stream.ids import LocalIds
+from . import keys
 from .store import SharedStore
 
-_NEXT_ID = """
-local now = tonumber(ARGV[1])
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-if last >= now then now = last + 1 end
-redis.call('SET', KEYS[1], now)
-return now
-"""
+MAX_CLAIMS = 8
+"""Proposals per id before giving up on Redis for this one: each loss means another instance
+took that millisecond, so a long run of losses is a bug, not a race."""
 
 
 class SharedIds:
-    """Ids unique across everything that shares one Redis."""
+    """Ids unique across everything that shares one Redis (or one cluster)."""
 
-    def __init__(self, store: SharedStore, key: str = "axrisi:last-command-id") -> None:
+    def __init__(self, store: SharedStore, worker_id: str, ttl_seconds: float) -> None:
         self.store = store
-        self.key = key
+        self.worker_id = worker_id
+        self.ttl_ms = max(1000, int(ttl_seconds * 1000))
         self.local = LocalIds()
-        self._script = store.client.register_script(_NEXT_ID)
 
-    def next_id(self) -> int:
-        now = int(time.time() * 1000)
-        value = self.store.run(lambda _r: int(self._script(keys=[self.key], args=[now])),
-                               self.local.next_id, "stream_id",
-                               check=True)
-        self.local._last = max(self.local._last, value)
-        return value
+    def next_id(self, owner: str) -> int:
+        """A new id for ``owner``'s stream, its record already in Redis (when Redis answers)."""
+        return self.store.run(lambda r: self._claim(r, owner), self.local.next_id,
+                              "stream_id", check=True)
+
+    def _claim(self, client: redis.Redis, owner: str) -> int:
+        record = keys.record_value(owner, self.worker_id)
+        for _ in range(MAX_CLAIMS):
+            candidate = self.local.next_id()
+            if client.set(keys.record(candidate), record, nx=True, px=self.ttl_ms):
+                return candidate
+        raise redis.ResponseError("no free stream id in a row of claims")

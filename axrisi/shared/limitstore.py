@@ -33,9 +33,16 @@ class SharedLimitStorage(Storage, MovingWindowSupport):
         super().__init__(uri)
         self.store = store
         self.workers = max(1, workers)
-        self.redis = RedisStorage(uri.removeprefix(SCHEME), key_prefix="LIMITS",
-                                  connection_pool=store.client.connection_pool)
+        self._redis: RedisStorage | None = None
         self.memory = MemoryStorage()
+
+    @property
+    def redis(self) -> RedisStorage:
+        """``limits``' own Redis storage on the store's Redis (or cluster), made on first use
+        (a cluster down at start is an outage, not a worker that cannot boot)."""
+        if self._redis is None:
+            self._redis = self.store.limits_storage()
+        return self._redis
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:

@@ -30,8 +30,8 @@ whose answers rewind each one to what Redis really holds.
 
 The heartbeat (every :data:`HEARTBEAT_SECONDS`) also publishes what readers elsewhere need to
 tell "unknown" from "not written yet" and "running" from "orphaned": this worker's lease in
-``axrisi:workers`` and the time up to which every event it appended is in Redis
-(``axrisi:synced``). See :mod:`axrisi.shared.events` for the reading side.
+``keys.WORKERS`` and the time up to which every event it appended is in Redis
+(``keys.SYNCED``). See :mod:`axrisi.shared.events` for the reading side.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from gevent.event import Event
 from redis.typing import EncodableT, FieldT
 
 from ..stream.eventlog import EventLog
+from . import keys
 from .store import OUTAGE_ERRORS, SharedStore
 
 log = logging.getLogger(__name__)
@@ -62,27 +63,6 @@ HEARTBEAT_SECONDS = 1.0
 MAX_FRAMES_PER_WRITE = 1000
 BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.25)
 """Waits between writes while Redis does not answer: short, since every reader waits on us."""
-
-WORKERS_KEY = "axrisi:workers"
-"""Sorted set: worker id -> when its lease lapses (ms since the epoch)."""
-SYNCED_KEY = "axrisi:synced"
-"""Hash: worker id -> a time (ms) before which every stream it started is in Redis."""
-BOOT_KEY = "axrisi:boot"
-"""When this Redis dataset first met a worker (ms): a young dataset may have lost streams."""
-
-
-def events_key(stream_id: int) -> str:
-    return f"axrisi:events:{stream_id}"
-
-
-def meta_key(stream_id: int) -> str:
-    """Hash: the stream's ``owner`` (a user key) and the ``worker`` that generates it."""
-    return f"axrisi:stream:{stream_id}"
-
-
-def attached_key(stream_id: int) -> str:
-    return f"axrisi:attached:{stream_id}"
-
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -101,20 +81,20 @@ end
 local first, last = tonumber(ARGV[2]), tonumber(ARGV[3])
 if last >= first then
   if first ~= top + 1 and not (first > top + 1 and ARGV[4] == '1') then return {top, 2} end
-  local entry = {'s', ARGV[2], 'f', ARGV[10]}
-  if ARGV[11] ~= '' then table.insert(entry, 'n'); table.insert(entry, ARGV[11]) end
-  if ARGV[9] == '1' then table.insert(entry, 't'); table.insert(entry, '1') end
-  redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1] .. '-' .. ARGV[8], ARGV[1] .. '-' .. last,
+  local entry = {'s', ARGV[2], 'f', ARGV[9]}
+  if ARGV[10] ~= '' then table.insert(entry, 'n'); table.insert(entry, ARGV[10]) end
+  if ARGV[8] == '1' then table.insert(entry, 't'); table.insert(entry, '1') end
+  redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1] .. '-' .. ARGV[7], ARGV[1] .. '-' .. last,
              unpack(entry))
   top = last
 end
-redis.call('HSET', KEYS[2], 'owner', ARGV[6], 'worker', ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[5])
 if top >= 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return {top, 0}
 """
 """The checked write: one entry of positions ARGV[2]..ARGV[3] right above the top (or past a
-hole the log's cap made, ARGV[4] = 1); answers {top, 0 written | 1 ended | 2 not right above}."""
+hole the log's cap made, ARGV[4] = 1), and the stream's record (ARGV[6]); answers
+{top, 0 written | 1 ended | 2 not right above}. Its keys share the stream's hash slot."""
 
 _HEARTBEAT = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
@@ -125,7 +105,8 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 redis.call('SET', KEYS[3], ARGV[2], 'NX')
 return new
 """
-"""Renew this worker's lease and publish its synced time; answers 1 when Redis had forgotten it."""
+"""Renew this worker's lease and publish its synced time; answers 1 when Redis had forgotten it.
+Its keys are the deployment's (one hash slot)."""
 
 
 @dataclass(eq=False)
@@ -204,8 +185,8 @@ class EventMirror:
         """When (monotonic) Redis last renewed this worker's lease."""
         self._starting: list[int] = []
         self._wake = Event()
-        self._append = store.background.register_script(_APPEND)
-        self._heartbeat = store.background.register_script(_HEARTBEAT)
+        self._append = store.script(_APPEND)
+        self._heartbeat = store.script(_HEARTBEAT)
         self._writer: gevent.Greenlet[[], None] | None = None
 
     # The registry's hooks --------------------------------------------------------------------
@@ -329,22 +310,25 @@ class EventMirror:
         return float("inf") if self.tick_at is None else self.tick_at
 
     def _beat(self) -> bool:
-        """Renew this worker's lease; when Redis had forgotten it, check every stream."""
+        """Renew this worker's lease; when Redis had forgotten it, or its lease lapsed meanwhile
+        (a reader elsewhere may have ended a stream as an orphan), check every stream."""
         if self.store.open:
             return False
         self.synced_ms = max(self.synced_ms, self._synced_now())
         beat_ms, began = now_ms(), time.monotonic()
         try:
             forgotten = self._heartbeat(
-                keys=[WORKERS_KEY, SYNCED_KEY, BOOT_KEY],
-                args=[self.worker_id, beat_ms, self.lease_ms, self.synced_ms])
+                [keys.WORKERS, keys.SYNCED, keys.BOOT],
+                [self.worker_id, beat_ms, self.lease_ms, self.synced_ms],
+                client=self.store.background)
         except OUTAGE_ERRORS as error:
             self.store.failed(error)
             return False
         self.store.succeeded(began)
+        lapsed = (began - self.beat_at) * 1000 >= self.lease_ms  # paused, or cut off, that long
         self.beat_at = began
         self.first_beat_ms = self.first_beat_ms or beat_ms
-        if forgotten:
+        if forgotten or (lapsed and self.first_beat_ms != beat_ms):
             self._expire()
             for entry in self.streams.values():  # each write answers what Redis really holds
                 entry.checked = True
@@ -377,16 +361,16 @@ class EventMirror:
             self._redo(batch)
             _failed(side)
             return False
-        pipe = self.store.background.pipeline(transaction=False)
-        lease_held = self._lease_held()
-        writes = [self._queue(pipe, entry, lease_held) for entry in batch]
-        side_commands = sum(write.queue(pipe) for write in side)
-        if not side_commands and not any(write.commands for write in writes):
-            for write in writes:
-                self._settle(write, [])
-            return True
         began = time.monotonic()
         try:
+            pipe = self.store.background.pipeline(transaction=False)
+            lease_held = self._lease_held()
+            writes = [self._queue(pipe, entry, lease_held) for entry in batch]
+            side_commands = sum(write.queue(pipe) for write in side)
+            if not side_commands and not any(write.commands for write in writes):
+                for write in writes:
+                    self._settle(write, [])
+                return True
             replies = pipe.execute(raise_on_error=False)
         except OUTAGE_ERRORS as error:
             self.store.failed(error)
@@ -428,28 +412,25 @@ class EventMirror:
         if not lengths:
             return _Write(entry, "none", entry.written)
         fields = _entry_fields(first, blob, lengths, final)
-        key, sid = events_key(event_log.stream_id), event_log.stream_id
+        key, sid = keys.events(event_log.stream_id), event_log.stream_id
         minid = f"{sid}-{max(0, last + 1 - self.max_events)}"
         pipe.xadd(key, fields, id=f"{sid}-{last}", nomkstream=entry.created, minid=minid)
         commands = 1
         if not entry.created or final or time.monotonic() >= entry.refresh_at:
             ttl = self._ttl_ms(entry)
             pipe.pexpire(key, ttl)
-            if not entry.created:
-                pipe.hset(meta_key(sid), mapping={"owner": entry.owner, "worker": self.worker_id})
-                commands += 1
-            pipe.pexpire(meta_key(sid), ttl)
+            pipe.set(keys.record(sid), keys.record_value(entry.owner, self.worker_id), px=ttl)
             commands += 2
         return _Write(entry, "append" if entry.created else "create", last, commands)
 
     def _checked(self, pipe: redis.client.Pipeline, entry: Mirrored, first: int, last: int,
                  gap: bool, final: bool, blob: bytes, lengths: list[int]) -> None:
         sid = entry.log.stream_id
-        self._append(keys=[events_key(sid), meta_key(sid)],
-                     args=[sid, first, last, int(gap), self._ttl_ms(entry), entry.owner,
-                           self.worker_id, max(0, last + 1 - self.max_events), int(final),
-                           blob, _lengths(lengths) or ""],
-                     client=pipe)
+        self._append.queue(pipe, [keys.events(sid), keys.record(sid)],
+                           [sid, first, last, int(gap), self._ttl_ms(entry),
+                            keys.record_value(entry.owner, self.worker_id),
+                            max(0, last + 1 - self.max_events), int(final), blob,
+                            _lengths(lengths) or ""])
 
     def _next_refresh(self) -> float:
         """When a running stream's expiries are renewed next: at a third of their TTL."""

@@ -3,7 +3,7 @@
 With resume grace on, a closed connection cannot be told from a dropped one, so a user's Stop
 is an explicit request: ``DELETE /api/streams/<id>`` may land on any worker, while only the
 generating one can close the upstream. The request goes to that worker's own Redis list
-(``axrisi:stops:<worker>``, named in the stream's record), where one listener greenlet per
+(:func:`axrisi.shared.keys.stops`, named in the stream's record), where one listener greenlet per
 worker waits on it with ``BLPOP``: delivered within a round trip, and kept in Redis (for a
 minute) if the listener is reconnecting, unlike a pub/sub message.
 """
@@ -15,16 +15,13 @@ from collections.abc import Callable
 
 import gevent
 
+from . import keys
 from .store import OUTAGE_ERRORS, SharedStore
 
 log = logging.getLogger(__name__)
 
 BLOCK_SECONDS = 1.0
 KEEP_MS = 60_000
-
-
-def stops_key(worker: str) -> str:
-    return f"axrisi:stops:{worker}"
 
 
 class StopRequests:
@@ -40,8 +37,8 @@ class StopRequests:
         """Ask ``worker`` to stop the stream; raises an outage error when Redis does not take
         it (the caller answers 503: the client may try again)."""
         pipe = self.store.client.pipeline(transaction=False)
-        pipe.rpush(stops_key(worker), stream_id)
-        pipe.pexpire(stops_key(worker), KEEP_MS)
+        pipe.rpush(keys.stops(worker), stream_id)
+        pipe.pexpire(keys.stops(worker), KEEP_MS)
         pipe.execute()
 
     def listen(self, stop: Callable[[int], object]) -> None:
@@ -50,7 +47,7 @@ class StopRequests:
             self._listener = gevent.spawn(self._listen, stop)
 
     def _listen(self, stop: Callable[[int], object]) -> None:
-        key = stops_key(self.worker_id)
+        key = keys.stops(self.worker_id)
         while True:
             try:
                 item = self._reader.blpop([key], timeout=BLOCK_SECONDS)

@@ -26,14 +26,17 @@ ARCHITECTURE.md ("Redis: slow, down, back") lists what each operation does in ea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import redis
+from limits.storage import RedisClusterStorage, RedisStorage
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -52,9 +55,16 @@ LATE_SECONDS = 0.5
 """A reply this late counts as trouble too: meanwhile nobody could see Redis (a stall that
 ends just within the deadline)."""
 RETRY_AFTER_FAILURE_SECONDS = 1.0
+LIMITS_PREFIX = "LIMITS"
+"""The ``limits`` package's key prefix for our rate limits' and token quota's counters."""
 
-OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-"""What counts against Redis's health. ``redis.ResponseError`` (an answer) does not."""
+OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError,
+                 redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+                 redis.exceptions.ReadOnlyError, redis.exceptions.SlotNotCoveredError)
+"""What counts against Redis's health. ``redis.ResponseError`` (an answer) does not, except
+the answers a Redis Cluster gives while it moves slots or elects a master (CLUSTERDOWN,
+TRYAGAIN, a demoted master's READONLY) and its client's "no node serves this slot". Its client's
+other errors (a command it cannot route) are bugs, raised."""
 
 
 def redis_options(timeout: float | None = CHECK_SECONDS,
@@ -71,16 +81,65 @@ def redis_options(timeout: float | None = CHECK_SECONDS,
     }
 
 
+class LazyCluster:
+    """A :class:`redis.RedisCluster` made on first use. Its constructor asks a node for the slot
+    map, and raises when none answers; a cluster that is merely down at start must be what the
+    fault model says (fallbacks, 503s), not a worker that cannot boot. Until it is made, every
+    use raises :class:`redis.ConnectionError`, an outage like any other."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        self._url = url
+        self._options = dict(options)
+        self._made: redis.RedisCluster | None = None
+
+    def made(self) -> redis.RedisCluster:
+        if self._made is None:
+            try:
+                self._made = redis.RedisCluster.from_url(self._url, **self._options)
+            except redis.exceptions.RedisClusterException as error:
+                raise redis.ConnectionError(str(error)) from None
+        return self._made
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
+
+
+class LuaScript:
+    """A script run by its SHA, loaded again where a node does not have it (a Redis that
+    restarted, a replica promoted by a failover: script caches are not replicated). In a
+    pipeline it is sent whole (``EVAL``): a cluster's pipeline cannot load scripts first."""
+
+    def __init__(self, store: SharedStore, text: str) -> None:
+        self.store = store
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    def __call__(self, keys: list[Any], args: list[Any], client: redis.Redis | None = None
+                 ) -> Any:
+        target = client or self.store.client
+        try:
+            return target.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return target.eval(self.text, len(keys), *keys, *args)
+
+    def queue(self, pipe: redis.client.Pipeline, keys: list[Any], args: list[Any]) -> None:
+        # execute_command: a cluster's pipeline has no eval() but routes EVAL by its keys.
+        pipe.execute_command("EVAL", self.text, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+
+
 class SharedStore:
     """Redis clients by deadline, plus the breaker that decides when to stop trying."""
 
-    def __init__(self, url: str, tls: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, url: str, tls: Mapping[str, Any] | None = None,
+                 cluster: bool = False) -> None:
         self.url = url
         self.tls = dict(tls or {})
         """redis-py's ``ssl_*`` options for a ``rediss://`` URL, given to every client made
         from this store (:meth:`options`)."""
-        self.client: redis.Redis = redis.Redis.from_url(url, **self.options(CHECK_SECONDS))
-        self.background: redis.Redis = redis.Redis.from_url(url, **self.options(WRITE_SECONDS))
+        self.cluster = cluster
+        """``url`` names a node of a Redis Cluster (AXRISI_REDIS_CLUSTER)."""
+        self.client: redis.Redis = self.connect(CHECK_SECONDS)
+        self.background: redis.Redis = self.connect(WRITE_SECONDS)
         self.up = True
         self._timeouts = 0
         self._down_until = 0.0
@@ -94,9 +153,37 @@ class SharedStore:
         """:func:`redis_options` with this store's TLS options: for any client on its URL."""
         return redis_options(timeout, self.tls)
 
+    def connect(self, timeout: float | None) -> redis.Redis:
+        """A client with its own connections: to one Redis, or to the cluster (made lazily,
+        typed as the one-Redis client whose commands it shares)."""
+        if self.cluster:
+            return cast(redis.Redis, LazyCluster(self.url, self.options(timeout)))
+        return redis.Redis.from_url(self.url, **self.options(timeout))
+
     def reader(self, block_seconds: float) -> redis.Redis:
         """A client for blocking reads of up to ``block_seconds`` (its own pool)."""
-        return redis.Redis.from_url(self.url, **self.options(block_seconds + WRITE_SECONDS))
+        return self.connect(block_seconds + WRITE_SECONDS)
+
+    def script(self, text: str) -> LuaScript:
+        """A Lua script on this store. In a cluster, its keys must share one hash slot
+        (:mod:`axrisi.shared.keys`)."""
+        return LuaScript(self, text)
+
+    def limits_storage(self) -> RedisStorage:
+        """A ``limits`` storage on this Redis (the rate limits' counters, the token quota),
+        made when first needed: the cluster's client asks a node for the slot map."""
+        if not self.cluster:
+            return RedisStorage(self.url, key_prefix=LIMITS_PREFIX,
+                                connection_pool=self.client.connection_pool)
+        split = urlsplit(self.url)
+        uri = urlunsplit(("redis+cluster", split.netloc, "", "", ""))
+        options = self.options(CHECK_SECONDS)
+        if split.scheme == "rediss":
+            options["ssl"] = True
+        try:
+            return RedisClusterStorage(uri, key_prefix=LIMITS_PREFIX, **options)
+        except redis.exceptions.RedisClusterException as error:
+            raise redis.ConnectionError(str(error)) from None
 
     @property
     def open(self) -> bool:

@@ -2,7 +2,7 @@
 
 The next id is ``max(now_ms, last + 1)``, so two streams started in the same millisecond still
 differ and ids keep increasing. Here ``last`` lives in the process: right for one worker without
-Redis. ``axrisi.shared.ids`` keeps it in Redis for every worker and instance that shares it.
+Redis. ``axrisi.shared.ids`` claims each one in Redis, for every worker and instance that shares it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class LocalIds:
     def __init__(self) -> None:
         self._last = 0
 
-    def next_id(self) -> int:
+    def next_id(self, _owner: str = "") -> int:
         """``max(now_ms, last + 1)``: time-derived, strictly increasing."""
         self._last = max(int(time.time() * 1000), self._last + 1)
         return self._last

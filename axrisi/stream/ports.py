@@ -24,8 +24,8 @@ class StreamLost(Exception):
 class IdAllocator(Protocol):
     """Hands out ``commandId`` values unique within its scope."""
 
-    def next_id(self) -> int:
-        """A new id, derived from the current time in milliseconds."""
+    def next_id(self, owner: str) -> int:
+        """A new id for ``owner``'s stream, derived from the current time in milliseconds."""
         ...
 
 
@@ -56,9 +56,10 @@ class EventMirror(Protocol):
 class RemoteEvents(Protocol):
     """Reads a stream that another worker or instance generates (see :func:`relay_remote`)."""
 
-    def follow(self, stream_id: int, position: int) -> Iterator[list[bytes] | None]:
+    def follow(self, stream_id: int, position: int, worker: str) -> Iterator[list[bytes] | None]:
         """Batches of frames from ``position`` on, None after each silence, until the terminal
-        event; raises :class:`StreamLost` when the stream cannot be followed to its end."""
+        event; raises :class:`StreamLost` when the stream cannot be followed to its end (its
+        ``worker``, the one generating it, gone)."""
         ...
 
     def lost_frame(self, stream_id: int, position: int) -> bytes:

@@ -111,11 +111,11 @@ class StreamRegistry:
         command = CATALOG[request.command]
         owner = self.owner_key(user)
         if self.mirror is None:
-            event_log = EventLog(self.ids.next_id(), self.retention.max_events,
+            event_log = EventLog(self.ids.next_id(owner), self.retention.max_events,
                                  max_bytes=self.retention.max_bytes)
         else:
             with self.mirror.starting():
-                event_log = EventLog(self.ids.next_id(), self.retention.max_events,
+                event_log = EventLog(self.ids.next_id(owner), self.retention.max_events,
                                      self.mirror.on_append, self.retention.max_bytes)
                 self.mirror.track(event_log, owner)
         stream_id = event_log.stream_id

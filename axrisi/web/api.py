@@ -166,7 +166,7 @@ def _resume_remote(events: RedisEvents, number: int, owner: str, position: int) 
     if remote.ended and position == remote.top + 1:
         return Response(status=204)
     settings = services().settings
-    return _stream_response(relay_remote(events, number, position,
+    return _stream_response(relay_remote(events, number, position, remote.worker,
                                          request.environ.get("gunicorn.socket"),
                                          heartbeat=settings.heartbeat_seconds,
                                          send_timeout=settings.send_timeout_seconds,

@@ -18,6 +18,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 
 from ..config import Settings
 from ..shared.counters import Lease, StreamSlots, TokenQuota
+from ..shared.keys import user_tag
 from ..shared.limitstore import SCHEME
 from ..shared.mirror import EventMirror
 from ..shared.store import SharedStore
@@ -83,7 +84,7 @@ class Quotas:
 
 
 rate_limiter = Limiter(
-    key_func=lambda: user_key(current_user()),
+    key_func=lambda: user_tag(user_key(current_user())),  # the user's slot in a cluster
     strategy="moving-window",
     headers_enabled=False,
     swallow_errors=True,
@@ -116,7 +117,7 @@ RATE_SCOPE = "api.run"
 def _rate_usage(item: limits.RateLimitItem, user: str) -> dict[str, Any]:
     """One window of the request rate for ``user``, read where flask-limiter counts it."""
     reset, remaining = rate_limiter.limiter.get_window_stats(
-        item, RATE_KEY_PREFIX, user_key(user), RATE_SCOPE)
+        item, RATE_KEY_PREFIX, user_tag(user_key(user)), RATE_SCOPE)
     window = item.get_expiry()
     left = max(0, remaining)
     seconds = 0 if left >= item.amount else \

@@ -8,6 +8,7 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream
 
+from .redis_cluster import RedisCluster
 from .redis_server import RedisServer
 from .servers import Gunicorn
 
@@ -39,6 +40,15 @@ def redis_server() -> Iterator[RedisServer]:
     failure under CI=true)."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer | RedisCluster]:
+    """The shared state's tests run twice: on one real redis-server, and on a real Redis Cluster
+    of three masters and three replicas (``AXRISI_REDIS_CLUSTER=1``). Both give ``env``, the
+    service's settings for them, and ``client()``."""
+    with (RedisServer() if request.param == "redis" else RedisCluster()) as shared:
+        yield shared
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,12 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The service's settings for this server, as ``RedisCluster.env`` gives a cluster's:
+        a test writes ``**redis.env`` for either kind."""
+        return {"REDIS_URL": self.url}
+
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 

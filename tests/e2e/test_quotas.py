@@ -12,10 +12,13 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from axrisi.shared import keys
+from axrisi.users import user_key
 from tests.fake_upstream import FakeUpstream, Scenario
 
 from .client import SSEConnection, content_of, make_token, post_run
 from .procnet import children, worker_holding
+from .redis_cluster import SharedRedis
 from .redis_server import RedisServer
 from .servers import Gunicorn
 from .test_stream import run_body, unique_key
@@ -50,11 +53,11 @@ class Attempt:
 
 
 def test_rate_limit_is_one_total_across_two_workers(upstream: FakeUpstream,
-                                                    redis_server: RedisServer) -> None:
+                                                    shared_redis: SharedRedis) -> None:
     """5/minute with WEB_CONCURRENCY=2 and Redis: 5 allowed in all, whichever worker serves."""
     key = unique_key("rate2w")
     upstream.add_scenario(key, Scenario(tokens=["x"] * 100, delay=0.05))
-    env = quota_env(upstream, redis_server.url, AXRISI_RATE_LIMIT="5/minute",
+    env = quota_env(upstream, **shared_redis.env, AXRISI_RATE_LIMIT="5/minute",
                     AXRISI_MAX_STREAMS_PER_USER="0")
     user = new_user()
     with Gunicorn(env, workers=2) as server:
@@ -80,11 +83,11 @@ def test_rate_limit_is_one_total_across_two_workers(upstream: FakeUpstream,
 
 
 def test_rate_limit_is_one_total_across_two_instances(upstream: FakeUpstream,
-                                                      redis_server: RedisServer) -> None:
+                                                      shared_redis: SharedRedis) -> None:
     """Two separate gunicorn instances sharing Redis allow 5/minute for one user, not 10."""
     key = unique_key("rate2i")
     upstream.add_scenario(key, Scenario(tokens=["ok"]))
-    env = quota_env(upstream, redis_server.url, AXRISI_RATE_LIMIT="5/minute")
+    env = quota_env(upstream, **shared_redis.env, AXRISI_RATE_LIMIT="5/minute")
     user = new_user()
     with Gunicorn(env) as first, Gunicorn(env) as second:
         statuses = []
@@ -128,9 +131,9 @@ def test_rate_limit_is_per_user(upstream: FakeUpstream) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_slot_server(upstream: FakeUpstream, redis_server: RedisServer) -> Iterator[Gunicorn]:
+def one_slot_server(upstream: FakeUpstream, shared_redis: SharedRedis) -> Iterator[Gunicorn]:
     """Two workers sharing Redis, one open stream per user."""
-    env = quota_env(upstream, redis_server.url, AXRISI_MAX_STREAMS_PER_USER="1")
+    env = quota_env(upstream, **shared_redis.env, AXRISI_MAX_STREAMS_PER_USER="1")
     with Gunicorn(env, workers=2) as server:
         yield server
 
@@ -221,11 +224,11 @@ def test_the_slot_is_back_when_the_response_has_ended(one_slot_server: Gunicorn,
 
 
 def test_a_dead_worker_does_not_hold_slots_forever(upstream: FakeUpstream,
-                                                   redis_server: RedisServer) -> None:
+                                                   shared_redis: SharedRedis) -> None:
     """SIGKILL a worker mid-stream: its lease lapses and the user can stream again."""
     key = unique_key("slot-kill")
     upstream.add_scenario(key, Scenario(tokens=["x"] * 1000, delay=0.05))
-    env = quota_env(upstream, redis_server.url, AXRISI_MAX_STREAMS_PER_USER="1")
+    env = quota_env(upstream, **shared_redis.env, AXRISI_MAX_STREAMS_PER_USER="1")
     user = new_user()
     with Gunicorn(env) as server:
         assert server.proc is not None
@@ -242,11 +245,11 @@ def test_a_dead_worker_does_not_hold_slots_forever(upstream: FakeUpstream,
         assert_slot_free(server, upstream, user, within=10)
 
 
-def test_token_quota(upstream: FakeUpstream, redis_server: RedisServer) -> None:
+def test_token_quota(upstream: FakeUpstream, shared_redis: SharedRedis) -> None:
     """A stream's reported usage is charged; once spent, 429 quota_exceeded with Retry-After."""
     key = unique_key("tokens")
     upstream.add_scenario(key, Scenario(tokens=["a", "b"], usage=(30, 2)))
-    env = quota_env(upstream, redis_server.url, AXRISI_TOKEN_QUOTA="50/hour")
+    env = quota_env(upstream, **shared_redis.env, AXRISI_TOKEN_QUOTA="50/hour")
     user = new_user()
     with Gunicorn(env) as server:
         def run() -> requests.Response:
@@ -303,9 +306,8 @@ def content_text(body: str) -> str:
 
 def test_no_slot_leaked_after_a_hundred_dropped_clients(one_slot_server: Gunicorn,
                                                         upstream: FakeUpstream,
-                                                        redis_server: RedisServer) -> None:
+                                                        shared_redis: SharedRedis) -> None:
     """A hundred clients that leave before the first token leak no slot (limit 1 per user)."""
-    import hashlib
 
     user = new_user()
     key = unique_key("hundred")
@@ -317,11 +319,11 @@ def test_no_slot_leaked_after_a_hundred_dropped_clients(one_slot_server: Gunicor
         admitted += 1
         next(conn.events())
         conn.drop()
-    slots = f"axrisi:streams:{hashlib.sha256(user.encode()).hexdigest()[:32]}"
+    slots = keys.stream_slots(user_key(user))
     deadline = time.monotonic() + 3
-    while redis_server.client().zcard(slots) and time.monotonic() < deadline:
+    while shared_redis.client().zcard(slots) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert redis_server.client().zcard(slots) == 0
+    assert shared_redis.client().zcard(slots) == 0
     assert_slot_free(one_slot_server, upstream, user)
 
 

@@ -607,10 +607,15 @@ def test_killed_generating_worker(upstream: FakeUpstream, redis_server: RedisSer
     """SIGKILL of the worker that generates a stream while another instance follows it: the
     follower ends with ``internal`` once the lease lapses, a resume replays that end, and the
     user's one open-stream slot comes back."""
+    check_killed_generating_worker(upstream, redis_server.env)
+
+
+def check_killed_generating_worker(upstream: FakeUpstream, redis_env: dict[str, str]) -> None:
+    """The body of :func:`test_killed_generating_worker`, on one Redis or a cluster."""
     lease, grace = 3.0, 5.0
     key = unique_key("killed")
     upstream.add_scenario(key, Scenario(tokens=[f"k{i} " for i in range(1000)], delay=0.1))
-    env = env_for(upstream, REDIS_URL=redis_server.url, AXRISI_STREAM_LEASE_SECONDS=str(lease),
+    env = env_for(upstream, **redis_env, AXRISI_STREAM_LEASE_SECONDS=str(lease),
                   AXRISI_RESUME_GRACE_SECONDS=str(grace), AXRISI_MAX_STREAMS_PER_USER="1")
     user = f"killed-{uuid.uuid4().hex[:8]}"
     token = make_token(user)

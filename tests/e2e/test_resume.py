@@ -15,6 +15,7 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.sse_client import Event
 
 from .client import SSEConnection, auth, content_of, make_token
+from .redis_cluster import SharedRedis
 from .redis_server import RedisServer
 from .servers import Gunicorn
 from .test_stream import run_body, unique_key
@@ -36,9 +37,9 @@ def local_grace(upstream: FakeUpstream) -> Iterator[Gunicorn]:
 
 
 @pytest.fixture(scope="module")
-def pair(upstream: FakeUpstream, redis_server: RedisServer) -> Iterator[tuple[Gunicorn, Gunicorn]]:
+def pair(upstream: FakeUpstream, shared_redis: SharedRedis) -> Iterator[tuple[Gunicorn, Gunicorn]]:
     """Two instances sharing one Redis, with the same grace."""
-    env = env_for(upstream, REDIS_URL=redis_server.url)
+    env = env_for(upstream, **shared_redis.env)
     with Gunicorn(env) as first, Gunicorn(env) as second:
         yield first, second
 

@@ -15,16 +15,16 @@ import requests
 from tests.fake_upstream import FakeUpstream, Scenario
 
 from .client import SSEConnection, auth, content_of, make_token
-from .redis_server import RedisServer
+from .redis_cluster import SharedRedis
 from .servers import Gunicorn
 from .test_resume import env_for, resume
 from .test_stream import run_body, unique_key
 
 
 @pytest.fixture(scope="module")
-def pair(upstream: FakeUpstream, redis_server: RedisServer) -> Iterator[tuple[Gunicorn, Gunicorn]]:
+def pair(upstream: FakeUpstream, shared_redis: SharedRedis) -> Iterator[tuple[Gunicorn, Gunicorn]]:
     """Two instances sharing Redis, 5 s of resume grace: closing a connection stops nothing."""
-    env = env_for(upstream, REDIS_URL=redis_server.url)
+    env = env_for(upstream, **shared_redis.env)
     with Gunicorn(env) as first, Gunicorn(env) as second:
         yield first, second
 

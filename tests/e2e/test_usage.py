@@ -11,7 +11,7 @@ import requests
 from tests.fake_upstream import FakeUpstream, Scenario
 
 from .client import SSEConnection, make_token, post_run
-from .redis_server import RedisServer
+from .redis_cluster import SharedRedis
 from .servers import Gunicorn
 from .test_stream import run_body, unique_key
 
@@ -24,12 +24,12 @@ def usage(server: Gunicorn, user: str) -> dict:
 
 
 def test_usage_follows_the_limits_across_instances(upstream: FakeUpstream,
-                                                   redis_server: RedisServer) -> None:
+                                                   shared_redis: SharedRedis) -> None:
     fast, slow = unique_key("usage-fast"), unique_key("usage-slow")
     upstream.add_scenario(fast, Scenario(tokens=["a", "b"], usage=(3, 2)))
     upstream.add_scenario(slow, Scenario(tokens=["s "] * 1000, delay=0.05))
     env = {"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "k",
-           "REDIS_URL": redis_server.url, "AXRISI_RATE_LIMIT": "5/minute;100/day",
+           **shared_redis.env, "AXRISI_RATE_LIMIT": "5/minute;100/day",
            "AXRISI_MAX_STREAMS_PER_USER": "2", "AXRISI_TOKEN_QUOTA": "100/day"}
     user = f"usage-{uuid.uuid4().hex[:8]}"
     with Gunicorn(env) as first, Gunicorn(env) as second:

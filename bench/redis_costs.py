@@ -8,9 +8,10 @@ open), from one process with no service in between, and reads Redis's own CPU
 
 * ``all``: what the service sends per request (its round trips, one after another, as the
   request path makes them: the rate limit's moving-window script, the open-stream slot script,
-  the stream id script; at the end one pipeline with the terminal event's expiries, the slot's
-  release and the token charge) and per tick (one pipeline every 0.2 s with one ``XADD`` per
-  stream that has new events, a stream's keys and expiries with its first write);
+  the stream id's claim, a ``SET NX`` of its record; at the end one pipeline with the terminal
+  event's expiries, the slot's release and the token charge) and per tick (one pipeline every
+  0.2 s with one ``XADD`` per stream that has new events, a stream's keys and expiries with its
+  first write);
 * ``ticks only``: no per-request round trips: the events alone;
 * ``round trips only``: no events;
 * ``idle``: nothing but a connected client.
@@ -44,10 +45,6 @@ redis.call('LPUSH', KEYS[1], ARGV[2]) redis.call('LTRIM', KEYS[1], 0, 100) retur
 SLOT = """local t = redis.call('TIME')
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t[1]) local n = redis.call('ZCARD', KEYS[1])
 redis.call('ZADD', KEYS[1], t[1] + 60, ARGV[1]) redis.call('PEXPIRE', KEYS[1], 60000) return 1"""
-NEXT_ID = """local n = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
-redis.call('SET', KEYS[1], n) return n"""
-
-
 @dataclass
 class Open:
     """One replayed stream: when it started and the last position written."""
@@ -69,15 +66,15 @@ class Replay:
     tokens: int = 0
 
     def __post_init__(self) -> None:
-        self.scripts = [self.client.register_script(s) for s in (MOVING_WINDOW, SLOT, NEXT_ID)]
+        self.scripts = [self.client.register_script(s) for s in (MOVING_WINDOW, SLOT)]
 
     def start(self, stream_id: int) -> None:
         user = f"user{stream_id % 200}"
         if self.round_trips:  # one after another, as the request path makes them
-            window, slot, next_id = self.scripts
+            window, slot = self.scripts
             window(keys=[f"LIMITS:{user}"], args=[29, time.time()])
             slot(keys=[f"slots:{user}"], args=[stream_id])
-            next_id(keys=["last-id"])
+            self.client.set(f"record:{stream_id}", f"{user} w", nx=True, px=TTL_MS)  # the id
         self.streams[stream_id] = Open(time.monotonic(), user)
 
     def tick(self, now: float) -> None:
@@ -99,7 +96,7 @@ class Replay:
 
     def _queue(self, pipe: redis.client.Pipeline, stream_id: int, stream: Open,
                last: int) -> None:
-        first, key, meta = stream.written + 1, f"events:{stream_id}", f"stream:{stream_id}"
+        first, key, meta = stream.written + 1, f"events:{stream_id}", f"record:{stream_id}"
         fields: dict[str, bytes | int | str] = {"s": first, "f": FRAME * (last - first + 1)}
         if last > first:
             fields["n"] = ",".join([str(len(FRAME))] * (last - first + 1))
@@ -107,15 +104,14 @@ class Replay:
                   nomkstream=stream.written >= 0, minid=f"{stream_id}-0")
         if stream.written < 0:
             pipe.pexpire(key, TTL_MS)
-            pipe.hset(meta, mapping={"owner": stream.user, "worker": "w"})
-            pipe.pexpire(meta, TTL_MS)
+            pipe.set(meta, f"{stream.user} w", px=TTL_MS)
 
     def end(self, stream_id: int, stream: Open) -> None:
         if not self.round_trips:
             return
         pipe = self.client.pipeline(transaction=False)  # the end's own, urgent pipeline
         pipe.pexpire(f"events:{stream_id}", TTL_MS)
-        pipe.pexpire(f"stream:{stream_id}", TTL_MS)
+        pipe.pexpire(f"record:{stream_id}", TTL_MS)
         pipe.zrem(f"slots:{stream.user}", stream_id)
         pipe.incrby(f"tokens:{stream.user}", TOKENS)
         pipe.expire(f"tokens:{stream.user}", 86400, nx=True)

@@ -129,8 +129,8 @@ def test_a_flush_is_one_xadd_and_expiries_are_set_at_start_and_end(
     assert middle == {"xadd": 1}
     assert spent == {"xadd": 11, "pexpire": 1, "set": 1}, spent  # the record: SET with PX
     assert client.pttl(keys.events(event_log.stream_id)) > 200_000
-    assert keys.parse_record(client.get(keys.record(event_log.stream_id))) == \
-        (OWNER, rig.mirror.worker_id)
+    assert client.get(keys.record(event_log.stream_id)) == \
+        f"{OWNER} {rig.mirror.worker_id}".encode()
     assert rig.read(event_log.stream_id, 0) == event_log.frames
 
 
@@ -293,3 +293,24 @@ def test_side_writes_ride_with_the_terminal_event(redis_server: RedisServer,
         proxy.stall(3.0)
         assert not stalled.mirror._flush(stalled.mirror._take_due())
         assert fell_back == ["sadd"] and not stalled.mirror.side
+
+
+def test_a_worker_back_after_its_lease_lapsed_writes_nothing_after_an_orphans_end(
+        redis_server: RedisServer) -> None:
+    """The worker's own heartbeat, the first thing it does when back, finds its lapsed lease
+    dropped (Redis forgot it), so its next write is checked and stops at the terminal event a
+    reader elsewhere wrote meanwhile: the stream's newest entry stays that end."""
+    rig = Rig(redis_server.url)
+    event_log = rig.new_log()
+    event_log.append({"title": "t"})
+    append(event_log, 2)
+    assert rig.round()
+    client = redis_server.client()
+    client.zadd(keys.WORKERS, {rig.mirror.worker_id: 1})  # the lease lapsed
+    assert rig.events.end_orphan(event_log.stream_id, rig.mirror.worker_id, write=True) == "ended"
+    append(event_log, 3)
+    for _ in range(3):
+        rig.round()  # heartbeat first, then the writes
+    assert rig.mirror.streams[event_log.stream_id].done
+    [(_entry_id, newest)] = client.xrevrange(keys.events(event_log.stream_id), count=1)
+    assert newest[b"t"] == b"1" and b"event: error" in newest[b"f"]

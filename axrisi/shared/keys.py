@@ -63,12 +63,3 @@ def stops(worker: str) -> str:
 
 def record_value(owner: str, worker: str) -> str:
     return f"{owner} {worker}"
-
-
-def parse_record(value: bytes | str | None) -> tuple[str, str] | None:
-    """(owner, worker) from a record, or None when there is none (or it is malformed)."""
-    if value is None:
-        return None
-    text = value.decode() if isinstance(value, bytes) else value
-    owner, _, worker = text.partition(" ")
-    return (owner, worker) if owner and worker else None

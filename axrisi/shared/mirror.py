@@ -310,8 +310,9 @@ class EventMirror:
         return float("inf") if self.tick_at is None else self.tick_at
 
     def _beat(self) -> bool:
-        """Renew this worker's lease; when Redis had forgotten it, or its lease lapsed meanwhile
-        (a reader elsewhere may have ended a stream as an orphan), check every stream."""
+        """Renew this worker's lease; when Redis had forgotten it, check every stream. A lease
+        that lapsed counts as forgotten: the script drops lapsed leases, this worker's too, before
+        it adds this one (a reader elsewhere may have ended one of its streams meanwhile)."""
         if self.store.open:
             return False
         self.synced_ms = max(self.synced_ms, self._synced_now())
@@ -325,10 +326,9 @@ class EventMirror:
             self.store.failed(error)
             return False
         self.store.succeeded(began)
-        lapsed = (began - self.beat_at) * 1000 >= self.lease_ms  # paused, or cut off, that long
         self.beat_at = began
         self.first_beat_ms = self.first_beat_ms or beat_ms
-        if forgotten or (lapsed and self.first_beat_ms != beat_ms):
+        if forgotten:
             self._expire()
             for entry in self.streams.values():  # each write answers what Redis really holds
                 entry.checked = True

@@ -140,6 +140,7 @@ class SharedStore:
         """``url`` names a node of a Redis Cluster (AXRISI_REDIS_CLUSTER)."""
         self.client: redis.Redis = self.connect(CHECK_SECONDS)
         self.background: redis.Redis = self.connect(WRITE_SECONDS)
+        self._limits: RedisStorage | None = None
         self.up = True
         self._timeouts = 0
         self._down_until = 0.0
@@ -170,8 +171,13 @@ class SharedStore:
         return LuaScript(self, text)
 
     def limits_storage(self) -> RedisStorage:
-        """A ``limits`` storage on this Redis (the rate limits' counters, the token quota),
+        """The ``limits`` storage on this Redis that the rate limits and the token quota share,
         made when first needed: the cluster's client asks a node for the slot map."""
+        if self._limits is None:
+            self._limits = self._make_limits_storage()
+        return self._limits
+
+    def _make_limits_storage(self) -> RedisStorage:
         if not self.cluster:
             return RedisStorage(self.url, key_prefix=LIMITS_PREFIX,
                                 connection_pool=self.client.connection_pool)

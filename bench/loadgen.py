@@ -714,13 +714,39 @@ class LoadGen:
             server = snap.get("server", {})
             log(f"  plateau {target}: open {plateau['open']}, receiving {receiving}, "
                 f"PSS {server.get('pss_kb', 0) / 1024:.1f} MiB")
+        handoff = await self.hand_off(plateaus[-1] if plateaus else {})
         self.close_all()
         await self.wait_all_closed(10)
         await asyncio.sleep(settle)
         after = self.snap()
         return {"idle": idle, "plateaus": plateaus, "after_close": after, "rate": rate,
-                "check_window_s": check, "ttfb": summarize_ns(
+                "check_window_s": check, "handoff": handoff, "ttfb": summarize_ns(
                     [c.t_first - c.t_start for c in self.clients if c.t_first])}
+
+    async def hand_off(self, plateau: dict) -> dict | None:
+        """With ``ready_file`` in the plan (the runner's ``scrape``): keep the streams open
+        after the last plateau, write the plateau's counts to ``ready_file``, and wait until
+        ``release_file`` exists (at most ``linger`` seconds) while the runner measures; then
+        say how many streams still received tokens meanwhile."""
+        p = self.plan
+        ready = p.get("ready_file")
+        if not ready:
+            return None
+        mark, t0 = _ns(), time.monotonic()
+        counts = {k: plateau.get(k) for k in ("requested", "opened", "open", "answered_200",
+                                              "receiving", "errors", "connect_errors")}
+        with open(ready + ".tmp", "w") as f:
+            json.dump(counts, f)
+        os.replace(ready + ".tmp", ready)
+        release, linger = p.get("release_file"), float(p.get("linger", 120))
+        while time.monotonic() - t0 < linger and not (release and os.path.exists(release)):
+            await asyncio.sleep(0.1)
+        return {"held_s": time.monotonic() - t0, "released": bool(release and
+                                                                 os.path.exists(release)),
+                "open": len(self.open_clients),
+                "receiving": sum(1 for c in self.clients
+                                 if not c.closed and c.error is None and c.t_last >= mark),
+                "errors": _count(c.error or "" for c in self.clients if c.error)}
 
     async def scenario_cancel(self) -> dict:
         p = self.plan

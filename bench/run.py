@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import importlib.metadata
 import json
 import math
@@ -35,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,6 +99,10 @@ FULL = {
              "retries": 2, "deadline": 300},
     "cancel": {"streams": 1000, "stagger": 20, "rate": 20, "close_after": 3,
                "silent_first": 120, "close_timeout": 30, "settle": 3, "deadline": 90},
+    "scrape": {"streams": 5000, "rate": 0.2, "open_rate": 500, "settle": 3,
+               "plateau_timeout": 60, "answer_wait": 15, "max_inflight": 200,
+               "inflight_age": 1.0, "settle_cpu": 0.9, "settle_max": 30, "healthz": 50,
+               "scrapes": 10, "probe_delay_ms": 1, "linger": 180, "deadline": 300},
 }
 QUICK = {
     "turnover": {"users": 200, "tokens": 200, "rate": 50, "stagger": 2, "warmup": 2,
@@ -121,6 +127,9 @@ QUICK = {
              "pause": 0.3, "retries": 0, "deadline": 40},
     "cancel": {"streams": 100, "stagger": 2, "rate": 20, "close_after": 3,
                "silent_first": 60, "close_timeout": 10, "settle": 1.5, "deadline": 30},
+    "scrape": {"streams": 300, "rate": 0.2, "open_rate": 300, "settle": 0.5,
+               "plateau_timeout": 8, "answer_wait": 3, "settle_max": 3, "healthz": 20,
+               "scrapes": 5, "probe_delay_ms": 1, "linger": 60, "deadline": 90},
 }
 # turnover_redis is turnover run three ways (the service with REDIS_URL, without, the baseline):
 # the same sizes, so that its figures read beside turnover's.
@@ -129,7 +138,7 @@ for _sizes in (FULL, QUICK):
 # The headline first (issue 13: what users do), then the long-lived streams of issue 7;
 # ``stalled`` last, since it fills the kernel's socket buffers for a while.
 SCENARIOS = ("turnover", "turnover_redis", "real", "requests", "hold", "held", "cpu", "latency",
-             "ramp", "cancel", "stalled")
+             "ramp", "cancel", "scrape", "stalled")
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,6 +554,14 @@ class Bench:
         return [("service", "service", {"REDIS_URL": self.redis.url}),
                 ("service_no_redis", "service", {}), ("baseline", "baseline", {})]
 
+    def scrape_runs(self) -> list[tuple[str, str, dict[str, str]]]:
+        """scrape: the service as deployed (no greenlet gauge, the default; the bench's leak
+        checks set it, so it is turned off here), then the same service with
+        AXRISI_GREENLET_GAUGE=1, whose scrapes walk the heap: what the walk costs, same run.
+        No naive baseline: it has no /healthz or /metrics."""
+        return [("service", "service", {"AXRISI_GREENLET_GAUGE": "0"}),
+                ("service_gauge", "service", {"AXRISI_GREENLET_GAUGE": "1"})]
+
     # --- the scenarios
 
     def hold(self, server: Server) -> dict:
@@ -645,6 +662,48 @@ class Bench:
             self.upstream.reset()
             server.stop()
 
+    def scrape(self, server: Server) -> dict:
+        """/healthz latency idle and while a /metrics scrape is in flight, and the scrape's
+        duration, while the load generator holds ``streams`` open streams on the worker."""
+        size = self.sizes["scrape"]
+        tmp = Path(tempfile.mkdtemp(prefix="bench-scrape-"))
+        ready, release = tmp / "ready", tmp / "release"
+        keys = ("rate", "open_rate", "settle", "plateau_timeout", "answer_wait", "max_inflight",
+                "inflight_age", "settle_cpu", "settle_max", "linger", "deadline")
+        plan = self.plan(server, "hold", plateaus=[size["streams"]], ready_file=str(ready),
+                         release_file=str(release), **{k: size[k] for k in keys if k in size})
+        plan_path = tmp / "plan.json"
+        plan_path.write_text(json.dumps(plan))
+        load = subprocess.Popen([PY, str(BENCH / "loadgen.py"), "--plan", f"@{plan_path}"],
+                                cwd=ROOT, stdout=subprocess.PIPE,
+                                preexec_fn=pinned(self.harness_cpu))
+        result: dict = {"streams": size["streams"]}
+        try:
+            deadline = time.monotonic() + size["deadline"]
+            while not ready.exists():
+                if load.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the load generator did not hold the streams")
+                time.sleep(0.2)
+            result["held"] = json.loads(ready.read_text())
+            log(f"scrape: greenlet gauge {server.env.get('AXRISI_GREENLET_GAUGE')}: "
+                f"{result['held']['open']:,} streams open, "
+                f"{result['held']['receiving']:,} receiving; measuring")
+            result.update(probe_scrapes(server, size))
+        finally:
+            release.touch()
+            try:
+                out, _ = load.communicate(timeout=size["deadline"] + 60)
+            except subprocess.TimeoutExpired:
+                load.kill()
+                out, _ = load.communicate()
+            shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(ValueError, IndexError):
+            run = json.loads(out.decode().strip().splitlines()[-1])
+            result["handoff"] = run.get("handoff")
+            result["plateau_snapshot"] = ((run.get("plateaus") or [{}])[-1]).get("snapshot")
+        result["upstream_after"] = self.upstream.stats()
+        return result
+
     def held(self, server: Server) -> dict:
         size = self.sizes["held"]
         result = run_loadgen(self.plan(server, "held", **size), self.harness_cpu,
@@ -725,7 +784,7 @@ class Bench:
                "turnover_redis": self.steady("turnover_redis", "closed_loop"),
                "real": self.steady("real", "closed_loop"),
                "requests": self.steady("requests", "closed_loop"),
-               "held": self.held, "stalled": self.stalled}
+               "held": self.held, "stalled": self.stalled, "scrape": self.scrape}
         # The dropped streams' events are kept for a resume for AXRISI_RESUME_TTL_SECONDS (300
         # by default, within AXRISI_RESUME_MAX_MEMORY_MB): a short TTL shows whether the memory
         # comes back once they expire, `after` seconds after the readers left.
@@ -744,7 +803,8 @@ class Bench:
                 results["floor"] = self.floor()
             for index, name in enumerate(chosen):
                 try:
-                    runs = self.redis_runs() if name == "turnover_redis" else None
+                    runs = (self.redis_runs() if name == "turnover_redis" else
+                            self.scrape_runs() if name == "scrape" else None)
                 except (OSError, RuntimeError) as error:
                     log(f"{name}: skipped: {error}")
                     results[name] = {"error": str(error)}
@@ -760,6 +820,91 @@ class Bench:
         results["elapsed_s"] = time.monotonic() - t0
         results["table"] = table(results)
         return results
+
+
+def _timed_get(conn: http.client.HTTPConnection, path: str, headers: dict) -> tuple:
+    """One GET on a keep-alive connection: (milliseconds to the body's end, body)."""
+    t0 = time.perf_counter()
+    conn.request("GET", path, headers=headers)
+    response = conn.getresponse()
+    body = response.read()
+    ms = (time.perf_counter() - t0) * 1000
+    if response.status != 200:
+        raise RuntimeError(f"GET {path}: HTTP {response.status}")
+    if response.will_close:
+        conn.close()  # http.client opens a fresh connection for the next request
+    return ms, body
+
+
+def probe_scrapes(server: Server, size: dict) -> dict:
+    """/healthz idle (sequential GETs on one keep-alive connection), /metrics scrapes alone,
+    then scrapes each with a /healthz sent ``probe_delay_ms`` after the scrape's request went
+    out (the scrape in a thread, on its own connection)."""
+    host, port = "127.0.0.1", server.port
+    token = server.env.get("AXRISI_METRICS_TOKEN")
+    scrape_headers = {"Authorization": f"Bearer {token}"} if token else {}
+    health = http.client.HTTPConnection(host, port, timeout=30)
+    scraper = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        _timed_get(health, "/healthz", {})  # the connection's first request, not counted
+        idle = []
+        for _ in range(int(size["healthz"])):
+            idle.append(_timed_get(health, "/healthz", {})[0])
+            time.sleep(0.02)
+        alone, body = [], b""
+        for _ in range(int(size["scrapes"])):
+            ms, body = _timed_get(scraper, "/metrics", scrape_headers)
+            alone.append(ms)
+            time.sleep(0.3)
+        # Fresh connections (a keep-alive one idle for gunicorn's keepalive is closed by it),
+        # the probe's warmed by one GET not counted.
+        health.close()
+        scraper.close()
+        _timed_get(health, "/healthz", {})
+        during, paired, overlapped = [], [], 0
+        for _ in range(int(size["scrapes"])):
+            sent, done = threading.Event(), {}
+            thread = threading.Thread(target=_scrape_once, daemon=True,
+                                      args=(scraper, scrape_headers, sent, done))
+            thread.start()
+            sent.wait(30)
+            time.sleep(float(size["probe_delay_ms"]) / 1000)
+            t_probe = time.perf_counter()
+            during.append(_timed_get(health, "/healthz", {})[0])
+            thread.join(60)
+            if "ms" in done:
+                paired.append(done["ms"])
+                overlapped += t_probe < done["end"]
+            time.sleep(0.3)
+    finally:
+        health.close()
+        scraper.close()
+    text = body.decode("utf-8", "replace")
+    return {"healthz_idle_ms": _ms_dist(idle), "scrape_ms": _ms_dist(alone),
+            "scrape_with_probe_ms": _ms_dist(paired), "healthz_during_ms": _ms_dist(during),
+            "probes_sent_before_scrape_ended": overlapped,
+            "metrics_bytes": len(body),
+            "greenlet_gauge_exposed": re.search(r"^axrisi_greenlets\b", text, re.M) is not None}
+
+
+def _scrape_once(conn: http.client.HTTPConnection, headers: dict, sent: threading.Event,
+                 done: dict) -> None:
+    """One /metrics GET; ``sent`` is set once the request is written, ``done`` gets its end."""
+    t0 = time.perf_counter()
+    conn.request("GET", "/metrics", headers=headers)
+    sent.set()
+    response = conn.getresponse()
+    response.read()
+    done["end"] = time.perf_counter()
+    done["ms"] = (done["end"] - t0) * 1000
+    if response.will_close:
+        conn.close()
+
+
+def _ms_dist(values: list[float]) -> dict:
+    s = sorted(values)
+    return {"n": len(s), "p50_ms": percentile(s, 0.5), "p99_ms": percentile(s, 0.99),
+            "max_ms": s[-1] if s else None}
 
 
 def _cpu_or_zero(pid: int) -> float:
@@ -1052,9 +1197,68 @@ def table(results: dict) -> list[dict]:
                 met=(s <= 0) if s is not None else None, fmt="{:+,.0f}", ratio_ok=False,
                 note="" if s is not None else "the service has no such /metrics gauge yet "
                 "(issue 6); hook: METRICS_GAUGES in bench/run.py")
+    if results.get("scrape"):
+        _scrape_rows(row, results)
     if results.get("stalled"):
         _stalled_rows(row, results)
     return rows
+
+
+def _scrape_rows(row, results: dict) -> None:
+    """scrape: what a /metrics scrape costs the worker's loop at many open streams. The
+    baseline column is the same service with AXRISI_GREENLET_GAUGE=1 (the heap walk)."""
+    d, size = results["scrape"], results["sizes"]["scrape"]
+    n = f"{size['streams']:,} open streams at {size['rate']:g} tokens/s"
+    vs = "(scrape; baseline column: the service with AXRISI_GREENLET_GAUGE=1, same run)"
+    g = "service_gauge"
+
+    def cell(t, key):
+        v = [_get(d, t, key, q) for q in ("p50_ms", "p99_ms", "max_ms")]
+        return None if None in v else " / ".join(f"{x:,.2f}" for x in v) + " ms"
+    s, b = (_get(d, "service", "scrape_ms", "p50_ms"), _get(d, g, "scrape_ms", "p50_ms"))
+    row(f"/metrics scrape duration p50 at {n}, request sent -> body read {vs}", s, b,
+        target="< 5 ms", met=s is not None and s < 5, unit=" ms", fmt="{:.2f}",
+        note=_scrape_note(d))
+    row(f"/metrics scrape duration p50 / p99 / max ({size['scrapes']} scrapes alone)",
+        cell("service", "scrape_ms"), cell(g, "scrape_ms"))
+    row(f"/healthz latency idle p50 / p99 / max ({size['healthz']} sequential GETs, one "
+        "keep-alive connection)", cell("service", "healthz_idle_ms"), cell(g, "healthz_idle_ms"))
+    row(f"/healthz latency during a scrape p50 / p99 / max (sent {size['probe_delay_ms']:g} ms "
+        f"after each of {size['scrapes']} scrapes)", cell("service", "healthz_during_ms"),
+        cell(g, "healthz_during_ms"))
+
+    def ratio(t):
+        a, z = _get(d, t, "healthz_idle_ms", "p50_ms"), _get(d, t, "healthz_during_ms", "p50_ms")
+        return None if not a or z is None else z / a
+    s, b = ratio("service"), ratio(g)
+    row("/healthz p50 during a scrape / idle p50", s, b, target="<= 2x",
+        met=s is not None and s <= 2, unit="x", fmt="{:.2f}", ratio_ok=False)
+
+    def worst(t):
+        a, z = _get(d, t, "healthz_idle_ms", "p50_ms"), _get(d, t, "healthz_during_ms", "max_ms")
+        return None if not a or z is None else z / a
+    row("/healthz max during a scrape / idle p50", worst("service"), worst(g), unit="x",
+        fmt="{:.2f}", ratio_ok=False)
+
+
+def _scrape_note(d: dict) -> str:
+    notes = []
+    for t in ("service", "service_gauge"):
+        r = d.get(t) or {}
+        if r.get("error"):
+            notes.append(f"{t}: FAILED: {r['error']}")
+            continue
+        held, after = r.get("held") or {}, r.get("handoff") or {}
+        if held:
+            notes.append(
+                f"{t}: {held.get('open', 0):,} open, {held.get('receiving', 0):,} receiving "
+                f"before; {after.get('receiving', 'n/a')} received a token in the "
+                f"{after.get('held_s', 0):.0f} s of measuring; {r.get('metrics_bytes', 0):,} B "
+                f"per scrape, axrisi_greenlets "
+                f"{'exposed' if r.get('greenlet_gauge_exposed') else 'absent'}; "
+                f"{r.get('probes_sent_before_scrape_ended', 0)} of "
+                f"{_get(r, 'healthz_during_ms', 'n')} probes sent before their scrape ended")
+    return " | ".join(notes)
 
 
 def _pair(d: dict, t: str, key: str, a: str = "p50", b: str = "p99", unit: str = " ms") -> str:

@@ -7,11 +7,11 @@ open), from one process with no service in between, and reads Redis's own CPU
 (``INFO cpu``) while one part at a time is left out:
 
 * ``all``: what the service sends per request (its round trips, one after another, as the
-  request path makes them: the rate limit's moving-window script, the open-stream slot script,
-  the stream id's claim, a ``SET NX`` of its record; at the end one pipeline with the terminal
-  event's expiries, the slot's release and the token charge) and per tick (one pipeline every
-  0.2 s with one ``XADD`` per stream that has new events, a stream's keys and expiries with its
-  first write);
+  request path makes them: the rate limit's moving-window script; the admission, one pipeline
+  with the open-stream slot's script and the stream id's claim, a ``SET NX`` of its record; at
+  the end one pipeline with the terminal event's expiries, the slot's release and the token
+  charge) and per tick (one pipeline every 0.2 s with one ``XADD`` per stream that has new
+  events, a stream's keys and expiries with its first write);
 * ``ticks only``: no per-request round trips: the events alone;
 * ``round trips only``: no events;
 * ``idle``: nothing but a connected client.
@@ -72,9 +72,11 @@ class Replay:
         user = f"user{stream_id % 200}"
         if self.round_trips:  # one after another, as the request path makes them
             window, slot = self.scripts
-            window(keys=[f"LIMITS:{user}"], args=[29, time.time()])
-            slot(keys=[f"slots:{user}"], args=[stream_id])
-            self.client.set(f"record:{stream_id}", f"{user} w", nx=True, px=TTL_MS)  # the id
+            window(keys=[f"LIMITS:{user}"], args=[29, time.time()])  # flask-limiter's own
+            admission = self.client.pipeline(transaction=False)  # the slot and the id at once
+            slot(keys=[f"slots:{user}"], args=[stream_id], client=admission)
+            admission.set(f"record:{stream_id}", f"{user} w", nx=True, px=TTL_MS)
+            admission.execute()
         self.streams[stream_id] = Open(time.monotonic(), user)
 
     def tick(self, now: float) -> None:
@@ -101,7 +103,7 @@ class Replay:
         if last > first:
             fields["n"] = ",".join([str(len(FRAME))] * (last - first + 1))
         pipe.xadd(key, fields, id=f"{stream_id}-{last}",  # type: ignore[arg-type]
-                  nomkstream=stream.written >= 0, minid=f"{stream_id}-0")
+                  nomkstream=stream.written >= 0)  # no MINID: nothing to trim in 200 events
         if stream.written < 0:
             pipe.pexpire(key, TTL_MS)
             pipe.set(meta, f"{stream.user} w", px=TTL_MS)

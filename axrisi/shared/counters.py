@@ -43,16 +43,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-return 1
-"""
-
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -83,25 +73,30 @@ class StreamSlots:
         self.unreleased: list[Lease] = []
         self._renewer: gevent.Greenlet[[], None] | None = None
         if store is not None:
-            self._acquire = store.script(_ACQUIRE)
             self._renew = store.script(_RENEW)
 
+    def new_lease(self, user: str) -> Lease:
+        """A lease for one of ``user``'s streams, not taken yet."""
+        return Lease(user_key(user), uuid.uuid4().hex, shared=False)
+
     def acquire(self, user: str) -> Lease | None:
-        """Take a slot, or None when the user already has ``limit`` streams open."""
-        key = user_key(user)
-        lease = Lease(key, uuid.uuid4().hex, shared=False)
-        if self.limit <= 0:  # no limit: counted in this worker only, for GET /api/usage
-            self.local.setdefault(key, set()).add(lease.id)
-            return self._hold(lease)
-        if self.store is not None:
-            ok = self.store.run(lambda _r: self._acquire_shared(lease), lambda: None,
-                                "slot_acquire", check=True)
-            if ok is not None:
-                return self._hold(lease) if ok else None
-        open_here = self.local.setdefault(key, set())
-        if len(open_here) >= self.limit:
+        """Take a slot in this worker's count (no Redis, or it did not answer), or None when
+        ``user`` already has ``limit`` streams open here. With Redis,
+        :class:`axrisi.shared.admission.SharedAdmission` takes it in the user's sorted set."""
+        lease = self.new_lease(user)
+        open_here = self.local.setdefault(lease.user_key, set())
+        if 0 < self.limit <= len(open_here):
             return None
         open_here.add(lease.id)
+        return self._hold(lease)
+
+    def admitted(self, lease: Lease) -> Lease:
+        """Hold a lease that Redis granted (counted here only when there is no limit: for
+        ``GET /api/usage``, which then reports this worker's streams)."""
+        if self.limit > 0:
+            lease.shared = True
+            return self._hold(lease)
+        self.local.setdefault(lease.user_key, set()).add(lease.id)
         return self._hold(lease)
 
     def release(self, lease: Lease | None, writer: EventMirror | None = None) -> None:
@@ -142,12 +137,6 @@ class StreamSlots:
         until its lease lapses, a minute by default)."""
         self.unreleased.append(lease)
         self._start_renewer()
-
-    def _acquire_shared(self, lease: Lease) -> bool:
-        got = int(self._acquire(keys=[keys.stream_slots(lease.user_key)],
-                                args=[self.limit, self.lease_ms, lease.id]))
-        lease.shared = True
-        return got == 1
 
     def _hold(self, lease: Lease) -> Lease:
         self.held.add(lease)
@@ -210,7 +199,7 @@ class TokenQuota:
         if writer is None or self.store is None or self.store.open:
             self._on(lambda limiter: limiter.hit(self.item, key, cost=tokens))
             return
-        counter, window = f"{LIMITS_PREFIX}:{self.item.key_for(key)}", self.item.get_expiry()
+        counter, window = self.counter_key(user), self.item.get_expiry()
 
         def queue(pipe: redis.client.Pipeline) -> int:
             pipe.incrby(counter, tokens)
@@ -218,6 +207,11 @@ class TokenQuota:
             return 2
 
         writer.also(SideWrite(queue, lambda: self.local.hit(self.item, key, cost=tokens)))
+
+    def counter_key(self, user: str) -> str:
+        """The Redis key of ``user``'s counter in the current window: ``limits``' own (its
+        fixed window counts under ``LIMITS:<item key>``), in the user's hash slot."""
+        return f"{LIMITS_PREFIX}:{self.item.key_for(keys.user_tag(user_key(user)))}"
 
     def used(self, user: str) -> tuple[int, int]:
         """Tokens charged in the current window, and seconds until it resets (0: no window)."""

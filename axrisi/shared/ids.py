@@ -13,6 +13,8 @@ time), and the mirror writes the record when Redis is back.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import redis
 
 from ..stream.ids import LocalIds
@@ -35,13 +37,32 @@ class SharedIds:
 
     def next_id(self, owner: str) -> int:
         """A new id for ``owner``'s stream, its record already in Redis (when Redis answers)."""
-        return self.store.run(lambda r: self._claim(r, owner), self.local.next_id,
+        return self.store.run(lambda r: self.claim(r, owner), self.local.next_id,
                               "stream_id", check=True)
 
-    def _claim(self, client: redis.Redis, owner: str) -> int:
-        record = keys.record_value(owner, self.worker_id)
+    def propose(self, owner: str) -> Claim:
+        """The next candidate, to be claimed with :meth:`Claim.queue` in a caller's pipeline
+        (the admission's: one round trip for the slot and the id)."""
+        return Claim(self.local.next_id(), keys.record_value(owner, self.worker_id), self.ttl_ms)
+
+    def claim(self, client: redis.Redis, owner: str) -> int:
+        """Claim candidates one after another until one is free."""
         for _ in range(MAX_CLAIMS):
-            candidate = self.local.next_id()
-            if client.set(keys.record(candidate), record, nx=True, px=self.ttl_ms):
-                return candidate
+            candidate = self.propose(owner)
+            if client.set(keys.record(candidate.id), candidate.record, nx=True,
+                          px=candidate.ttl_ms):
+                return candidate.id
         raise redis.ResponseError("no free stream id in a row of claims")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A proposed stream id and the record that claims it."""
+
+    id: int
+    record: str
+    ttl_ms: int
+
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        """``SET NX`` of the stream's record: its reply is truthy when the id is ours."""
+        pipe.set(keys.record(self.id), self.record, nx=True, px=self.ttl_ms)

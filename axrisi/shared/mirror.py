@@ -413,8 +413,9 @@ class EventMirror:
             return _Write(entry, "none", entry.written)
         fields = _entry_fields(first, blob, lengths, final)
         key, sid = keys.events(event_log.stream_id), event_log.stream_id
-        minid = f"{sid}-{max(0, last + 1 - self.max_events)}"
-        pipe.xadd(key, fields, id=f"{sid}-{last}", nomkstream=entry.created, minid=minid)
+        keep_from = last + 1 - self.max_events  # MINID only once there is something to trim
+        pipe.xadd(key, fields, id=f"{sid}-{last}", nomkstream=entry.created,
+                  minid=f"{sid}-{keep_from}" if keep_from > 0 else None)
         commands = 1
         if not entry.created or final or time.monotonic() >= entry.refresh_at:
             ttl = self._ttl_ms(entry)

@@ -18,6 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,19 +107,27 @@ class StreamRegistry:
         self._expiry: Any = None  # the libev timer of the next expiry, while streams are kept
         self.reclaimer = Reclaimer()
 
-    def start(self, user: str, request: RunRequest, lease: object | None = None) -> Stream:
-        """Create the stream, write its title event and start the generation."""
+    def starting(self) -> AbstractContextManager[None]:
+        """Around a stream's start, from its id's claim (which may come with its admission,
+        before :meth:`start`) until the mirror tracks it: see ``EventMirror.starting``."""
+        return self.mirror.starting() if self.mirror is not None else nullcontext()
+
+    def start(self, user: str, request: RunRequest, lease: object | None = None,
+              stream_id: int | None = None) -> Stream:
+        """Create the stream, write its title event and start the generation. ``stream_id``:
+        already claimed (inside :meth:`starting`), else taken from the id allocator."""
         command = CATALOG[request.command]
         owner = self.owner_key(user)
-        if self.mirror is None:
-            event_log = EventLog(self.ids.next_id(owner), self.retention.max_events,
-                                 max_bytes=self.retention.max_bytes)
-        else:
-            with self.mirror.starting():
-                event_log = EventLog(self.ids.next_id(owner), self.retention.max_events,
+        with self.starting():
+            if stream_id is None:
+                stream_id = self.ids.next_id(owner)
+            if self.mirror is None:
+                event_log = EventLog(stream_id, self.retention.max_events,
+                                     max_bytes=self.retention.max_bytes)
+            else:
+                event_log = EventLog(stream_id, self.retention.max_events,
                                      self.mirror.on_append, self.retention.max_bytes)
                 self.mirror.track(event_log, owner)
-        stream_id = event_log.stream_id
         event_log.append({"title": command.title(request), "commandId": stream_id})
         generation = Generation(event_log, self.provider, command.prompt(request),
                                 self.upstream_timeout)

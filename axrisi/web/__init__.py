@@ -31,7 +31,8 @@ def install(app: Flask, settings: Settings, registry: StreamRegistry,
     from . import api, auth, cli, cors, demo, errors, openapi, ops, quotas, requestlog
 
     store = shared.store if shared is not None else None
-    limits_ = quotas.Quotas(settings, store, shared.mirror if shared is not None else None)
+    limits_ = quotas.Quotas(settings, store, shared.mirror if shared is not None else None,
+                            shared.ids if shared is not None else None)
 
     def stream_ended(stream: Stream, end: StreamEnd) -> None:
         # The engine keeps the lease opaque (it imports nothing of ``shared``); the only one

@@ -62,12 +62,13 @@ def run() -> Response:
     found.lifecycle.admit()
     registry = found.registry
     quotas = found.quotas
-    lease = quotas.admit(current_user())
-    try:
-        stream = registry.start(current_user(), run_request, lease)
-    except BaseException:
-        quotas.slots.release(lease)
-        raise
+    with registry.starting():  # from the id's claim until the stream is tracked
+        lease, stream_id = quotas.admit(current_user())
+        try:
+            stream = registry.start(current_user(), run_request, lease, stream_id)
+        except BaseException:
+            quotas.slots.release(lease)
+            raise
     return _stream_response(relay(registry, stream, 0, request.environ.get("gunicorn.socket"),
                                   heartbeat=settings.heartbeat_seconds,
                                   send_timeout=settings.send_timeout_seconds,

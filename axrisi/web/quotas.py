@@ -3,6 +3,8 @@
 In order: the request rate (flask-limiter with ``AXRISI_RATE_LIMIT``, moving window, its storage
 ``axrisi.shared.limitstore``: Redis through the fault model, this worker's share in memory while
 Redis cannot count), the token quota, then an open-stream slot (``axrisi.shared.counters``).
+With Redis the last two are one round trip that also claims the stream's id
+(``axrisi.shared.admission``).
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import limits
 from flask import Flask, Response
 from flask_limiter import Limiter, RateLimitExceeded
 
 from ..config import Settings
+from ..shared.admission import SharedAdmission
 from ..shared.counters import Lease, StreamSlots, TokenQuota
+from ..shared.ids import SharedIds
 from ..shared.keys import user_tag
 from ..shared.limitstore import SCHEME
 from ..shared.mirror import EventMirror
@@ -40,7 +44,7 @@ class Quotas:
     """The three limits together, as the API uses them."""
 
     def __init__(self, settings: Settings, store: SharedStore | None,
-                 writer: EventMirror | None = None) -> None:
+                 writer: EventMirror | None = None, ids: SharedIds | None = None) -> None:
         self.rate_limit = settings.rate_limit
         self.writer = writer
         """The worker's Redis writer: a stream's end writes ride with its terminal event."""
@@ -48,20 +52,28 @@ class Quotas:
                                  store)
         self.tokens = TokenQuota(settings.token_quota or UNCAPPED_TOKENS, store)
         self.token_quota = settings.token_quota is not None
+        self.shared = SharedAdmission(store, self.slots, self.tokens, ids, self.token_quota) \
+            if store is not None and ids is not None else None
 
-    def admit(self, user: str) -> Lease:
-        """Check the token quota, then take a stream slot; raise the contract's 429s."""
-        if self.token_quota:
+    def admit(self, user: str) -> Admitted:
+        """Check the token quota, then take a stream slot (with Redis, and claim the stream's
+        id, in one round trip); raise the contract's 429s."""
+        if self.shared is not None:
+            admission = self.shared.admit(user, user_key(user))
+            if admission is not None:
+                if admission.quota_retry_after is not None:
+                    raise _quota_spent(admission.quota_retry_after)
+                if admission.lease is None:
+                    raise _too_many_streams()
+                return Admitted(admission.lease, admission.stream_id)
+        if self.token_quota:  # no Redis, or it did not answer: this worker's counts
             retry_after = self.tokens.retry_after(user)
             if retry_after is not None:
-                raise ApiError(429, "quota_exceeded",
-                               "Token quota exceeded; try again when it resets.",
-                               {"Retry-After": str(retry_after)})
+                raise _quota_spent(retry_after)
         lease = self.slots.acquire(user)
         if lease is None:
-            raise ApiError(429, "too_many_streams",
-                           "Too many open streams; close one and try again.")
-        return lease
+            raise _too_many_streams()
+        return Admitted(lease, None)
 
     def stream_ended(self, user: str, lease: Lease | None, tokens: int) -> None:
         """Give the slot back and charge the tokens: called on every way a stream ends. With
@@ -81,6 +93,22 @@ class Quotas:
                        "quota": self.tokens.item.amount if self.token_quota else None,
                        "resetSeconds": reset if self.token_quota else None},
         }
+
+
+class Admitted(NamedTuple):
+    """An admitted stream: its slot, and its id when the admission claimed one."""
+
+    lease: Lease
+    stream_id: int | None
+
+
+def _quota_spent(retry_after: int) -> ApiError:
+    return ApiError(429, "quota_exceeded", "Token quota exceeded; try again when it resets.",
+                    {"Retry-After": str(retry_after)})
+
+
+def _too_many_streams() -> ApiError:
+    return ApiError(429, "too_many_streams", "Too many open streams; close one and try again.")
 
 
 rate_limiter = Limiter(

@@ -162,6 +162,14 @@ def assert_slot_free(server: Gunicorn, upstream: FakeUpstream, user: str,
     assert content_of(conn.read_all()) == "free"
 
 
+def records_of(shared_redis: SharedRedis, user: str) -> int:
+    """How many stream records (ids claimed in Redis) belong to ``user``, on every master."""
+    client = shared_redis.client()
+    owner = user_key(user)
+    found = [client.get(key) for key in client.scan_iter(match="axrisi:{*}:record", count=1000)]
+    return sum(1 for value in found if value is not None and value.split()[0] == owner.encode())
+
+
 def open_second(server: Gunicorn, user: str) -> tuple[int, bytes]:
     conn = SSEConnection(server.url, run_body("second"), token=make_token(user))
     body = conn.response.read() if conn.status != 200 else b""
@@ -201,6 +209,23 @@ def test_stream_slot_given_back_on_every_way_out(one_slot_server: Gunicorn,
         conn.drop()
         assert record.wait_closed(3)
     assert_slot_free(one_slot_server, upstream, user)
+    conn.drop()
+
+
+def test_a_refused_stream_takes_no_id(one_slot_server: Gunicorn, upstream: FakeUpstream,
+                                     shared_redis: SharedRedis) -> None:
+    """The slot and the id are claimed in one round trip: a stream refused for its slot gives
+    the id back (its record deleted), so Redis holds one record for the one stream admitted."""
+    user = new_user()
+    key = unique_key("refused-id")
+    upstream.add_scenario(key, Scenario(tokens=["a"], first_token_delay=1.0))
+    conn = SSEConnection(one_slot_server.url, run_body(key), token=make_token(user))
+    assert conn.status == 200
+    for _ in range(5):
+        status, body = open_second(one_slot_server, user)
+        assert status == 429 and b'"code":"too_many_streams"' in body
+    assert records_of(shared_redis, user) == 1
+    assert content_of(conn.read_all()) == "a"
     conn.drop()
 
 
@@ -255,14 +280,19 @@ def test_token_quota(upstream: FakeUpstream, shared_redis: SharedRedis) -> None:
         def run() -> requests.Response:
             return requests.post(server.url + "/api/run", json=run_body(key), timeout=10,
                                  headers={"Authorization": f"Bearer {make_token(user)}"})
-        first = run()
+        began = time.monotonic()
+        first = run()  # the window's first charge starts its hour
         assert first.status_code == 200 and '"promptTokens":30' in first.text  # 32 of 50 spent
         second = run()
         assert second.status_code == 200  # 18 left: admitted, then crosses the line (64 of 50)
         third = run()
         assert third.status_code == 429
         assert third.json()["code"] == "quota_exceeded"
-        assert 1 <= int(third.headers["Retry-After"]) <= 3600
+        retry_after = int(third.headers["Retry-After"])  # the counter's own expiry
+        assert 3600 - math.ceil(time.monotonic() - began) - 1 <= retry_after <= 3600
+        # Refused before a slot or an id was taken: the user's two streams, nothing more.
+        assert records_of(shared_redis, user) == 2
+        assert shared_redis.client().zcard(keys.stream_slots(user_key(user))) == 0
         other = requests.post(server.url + "/api/run", json=run_body(key), timeout=10,
                               headers={"Authorization": f"Bearer {make_token(new_user())}"})
         assert other.status_code == 200

@@ -4,13 +4,23 @@
 fork; each worker writes its samples there and ``/metrics`` aggregates all of them. Metrics are
 created once, at import, so that building the app twice (tests) does not register them twice.
 Nothing here runs per token: streams are counted when they start and end.
+
+``axrisi_gc_pause_seconds`` times every collection of the cyclic garbage collector (a
+``gc.callbacks`` hook, :func:`watch_gc`, installed once per worker by ``gunicorn.conf.py``): a
+full collection holds the worker's one event loop, and so every stream's next token, for as long
+as it walks the heap. The hook only notes each pause in a list; :func:`record_gc_pauses` moves
+them into the histogram, off the collector (each second in the worker, and before each scrape).
+It must not observe from inside the collection: a collection starts on any allocation, also one
+made while prometheus-client holds its lock (in multiprocess mode one lock for every value, not
+re-entrant), and observing there would wait for that lock for ever.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-from typing import TYPE_CHECKING
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 from greenlet import greenlet
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -21,6 +31,7 @@ if TYPE_CHECKING:
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_GC_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 1.5, 2)
 
 OPEN_STREAMS = Gauge("axrisi_open_streams", "Streams generating now, per worker summed.",
                      multiprocess_mode="livesum")
@@ -54,6 +65,51 @@ AUTH_REFUSALS = Counter("axrisi_auth_refusals_total",
 REDIS_FALLBACKS = Counter("axrisi_redis_fallbacks_total",
                           "Redis calls that took their fallback (Redis slow or down).",
                           ["operation"])
+GC_PAUSE = Histogram("axrisi_gc_pause_seconds",
+                     "Collections of the cyclic garbage collector by generation; each holds its "
+                     "worker's event loop (every stream) for its length.",
+                     ["generation"], buckets=_GC_BUCKETS)
+
+_GC_PENDING_MAX = 10_000
+"""Pauses kept for :func:`record_gc_pauses` per generation; more are dropped (a process that
+watches but never records must not grow: the worker records every second)."""
+_gc_pending: tuple[list[float], list[float], list[float]] = ([], [], [])
+_gc_started = 0.0
+_gc_series: tuple[Histogram, ...] = ()
+
+
+def time_collection(phase: str, info: dict[str, Any]) -> None:
+    """The ``gc.callbacks`` hook: note how long each collection took. Two clock reads and an
+    append; no lock, no metric (see the module's docstring)."""
+    global _gc_started
+    now = perf_counter()
+    if phase == "start":
+        _gc_started = now
+        return
+    pending = _gc_pending[info["generation"]]
+    if len(pending) < _GC_PENDING_MAX:
+        pending.append(now - _gc_started)
+
+
+def watch_gc() -> bool:
+    """Time this process's collections into ``axrisi_gc_pause_seconds`` from now on; False if
+    it was already watching (a hook inherited through fork included: one per process)."""
+    global _gc_series
+    if time_collection in gc.callbacks:
+        return False
+    _gc_series = tuple(GC_PAUSE.labels(str(generation)) for generation in range(3))
+    gc.callbacks.append(time_collection)
+    return True
+
+
+def record_gc_pauses() -> None:
+    """Move the pauses noted since the last call into the histogram (never from the hook)."""
+    for series, pending in zip(_gc_series, _gc_pending, strict=False):
+        n = len(pending)
+        if n:
+            for seconds in pending[:n]:
+                series.observe(seconds)
+            del pending[:n]  # a collection meanwhile appends behind the first n: kept
 
 
 _greenlets: Gauge | None = None

@@ -34,7 +34,11 @@ Scenarios (``--scenario``; the runner passes a JSON plan with ``--plan``):
 * ``stalled``: ``streams`` clients that read for ``read_for`` seconds and then stop reading
   while the upstream keeps sending big tokens (``pad=``); per stream, the time from the stall
   to the upstream seeing its connection closed (polled from the upstream's ``/_bench/closes``),
-  and the worker's memory and the kernel's TCP memory before, at the peak, and after.
+  and the worker's memory and the kernel's TCP memory before, at the peak, and after;
+* ``soak``: ``streams`` long answers at ``rate`` tokens/s (1), opened at most ``open_rate`` a
+  second, held ``hold`` seconds (the runner scrapes ``/metrics`` meanwhile); per stream, the
+  longest time between two of its tokens received in the hold (the first token's wait is not a
+  gap), and the seconds of the hold in which gaps over ``gap_ms`` ended.
 
 With ``redis_port`` and ``redis_pid`` in the plan (a target that runs with ``REDIS_URL``), the
 snapshots at a window's two edges also read that redis-server's ``INFO`` and its CPU from /proc,
@@ -117,6 +121,38 @@ class Window:
         self.tokens = 0
 
 
+class Gaps:
+    """soak: per stream, the longest time between two consecutive tokens received in the hold
+    ``[t0, t1]`` (a gap counts in the hold when its second token arrives in it), and per second
+    of the hold (from ``t0``) the gaps over ``slow`` ns that ended in it: a pause of the relay
+    shows as many streams' gaps ending in one second."""
+
+    __slots__ = ("t0", "t1", "slow", "worse", "buckets")
+
+    def __init__(self, slow_ms: float, worse_ms: float) -> None:
+        self.t0 = self.t1 = 0  # 0: the hold has not begun
+        self.slow, self.worse = int(slow_ms * 1e6), int(worse_ms * 1e6)
+        self.buckets: dict[int, list[int]] = {}  # second -> [over slow, over worse, max ns]
+
+    def token(self, client: Client, now: int) -> None:
+        if self.t1 and now > self.t1:
+            return
+        prev, client.gap_last = client.gap_last, now
+        if not self.t0 or now < self.t0 or not prev:
+            return
+        gap = now - prev
+        if gap > client.max_gap:
+            client.max_gap = gap
+        if gap > self.slow:
+            self.note(now, gap)
+
+    def note(self, end: int, gap: int) -> None:
+        bucket = self.buckets.setdefault((end - self.t0) // 1_000_000_000, [0, 0, 0])
+        bucket[0] += 1
+        bucket[1] += gap > self.worse
+        bucket[2] = max(bucket[2], gap)
+
+
 class Client(asyncio.Protocol):
     """One SSE stream over one connection."""
 
@@ -125,7 +161,7 @@ class Client(asyncio.Protocol):
         "cbuf", "sbuf", "status", "t_start", "t_first", "t_token", "t_last", "t_close",
         "t_end", "tokens", "error", "code", "done", "complete", "closed", "close_after",
         "close_delay", "mode", "ended_by", "events", "t_done", "keepalive", "conn_close",
-        "reused", "finished", "read_for", "t_pause",
+        "reused", "finished", "read_for", "t_pause", "gap_last", "max_gap",
     )
 
     def __init__(self, gen: LoadGen, tag: str, request: bytes) -> None:
@@ -165,6 +201,8 @@ class Client(asyncio.Protocol):
         self.finished: asyncio.Future | None = None  # resolved at the answer's end or close
         self.read_for: float | None = None  # stop reading this long after the first byte
         self.t_pause = 0
+        self.gap_last = 0  # soak: the last token's receive time up to the hold's end
+        self.max_gap = 0  # soak: the longest wait between two tokens ending in the hold
 
     # asyncio callbacks
 
@@ -307,6 +345,8 @@ class Client(asyncio.Protocol):
         if tokens:
             if not self.t_token:
                 self.t_token = now
+            if self.gen.gaps is not None:
+                self.gen.gaps.token(self, now)
             self.t_last = now
             self.tokens += tokens
             if self.close_after is not None and self.tokens >= self.close_after:
@@ -393,6 +433,7 @@ class LoadGen:
         self._tasks: set[asyncio.Task] = set()
         self.settle_cores: float | None = None
         self.reconnects = 0
+        self.gaps: Gaps | None = None
 
     # callbacks from clients
 
@@ -1063,12 +1104,137 @@ class LoadGen:
         except (OSError, ValueError):
             return {}
 
+    # long streams held with scrapes running
+
+    async def scenario_soak(self) -> dict:
+        """``streams`` long answers at ``rate`` tokens/s, held ``hold`` s: the gaps between
+        each stream's tokens. With ``ready_file`` (the runner) the hold's start is written there
+        (``t0_ns``, on the shared monotonic clock) and the streams stay open after the hold
+        until ``release_file`` exists (at most ``linger`` s), so that the runner's last scrape
+        sees them; the gaps count up to ``t0 + hold`` only."""
+        p = self.plan
+        n, rate = int(p.get("streams", 2000)), float(p.get("rate", 1))
+        open_rate, hold = float(p.get("open_rate", 200)), float(p.get("hold", 300))
+        open_timeout = float(p.get("open_timeout", 60))
+        answer_wait = float(p.get("answer_wait", 15))
+        settle, linger = float(p.get("settle", 3)), float(p.get("linger", 60))
+        # Long enough to last the slowest ramp, the hold and the linger after it.
+        tokens = int(p.get("tokens") or math.ceil(
+            rate * (open_timeout + answer_wait + settle + hold + linger + 30)))
+        gaps = self.gaps = Gaps(float(p.get("gap_ms", 1500)), float(p.get("worse_gap_ms", 2000)))
+        self.connect_timeout = open_timeout
+        idle = self.snap()
+        clients = [self.new_client(f"{self.run_id}-soak-{i}", rate, tokens) for i in range(n)]
+        log(f"soak: opening {n} streams at {rate:g} tokens/s ({tokens} tokens each), at most "
+            f"{open_rate:g}/s")
+        t_open = time.monotonic()
+        opened = 0
+        for client in clients:
+            if time.monotonic() - t_open > open_timeout:
+                log(f"soak: open timeout after {opened} of {n} streams")
+                break
+            task = self.loop.create_task(self.connect(client))
+            task.add_done_callback(self._tasks.discard)
+            self._tasks.add(task)
+            opened += 1
+            await asyncio.sleep(1.0 / open_rate)
+        open_s = time.monotonic() - t_open
+        answer_by = time.monotonic() + answer_wait
+        while time.monotonic() < answer_by and any(
+                not c.t_token and not c.closed for c in clients[:opened]):
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(settle)
+        t0 = _ns()
+        gaps.t0, gaps.t1 = t0, t0 + int(hold * 1e9)
+        before = self.snap()
+        self.window, self.lag, self.lag_recording = Window(), [], True
+        ready = {"t0_ns": t0, "requested": n, "opened": opened, "open_s": open_s,
+                 "open": len(self.open_clients),
+                 "receiving": sum(1 for c in clients if c.t_token and not c.closed),
+                 "errors": _count(c.error for c in clients if c.error),
+                 "connect_errors": dict(self.connect_errors)}
+        if p.get("ready_file"):
+            with open(p["ready_file"] + ".tmp", "w") as f:
+                json.dump(ready, f)
+            os.replace(p["ready_file"] + ".tmp", p["ready_file"])
+        log(f"soak: holding {ready['receiving']} receiving streams for {hold:g} s")
+        late: dict[int, float] = {}  # second of the hold -> how late a 0.1 s sleep woke (ms)
+        while _ns() < gaps.t1:
+            t = _ns()
+            await asyncio.sleep(min(0.1, max(0.0, (gaps.t1 - t) / 1e9)))
+            lag_ms = (_ns() - t) / 1e6 - 100
+            if lag_ms > 100:
+                second = (t - t0) // 1_000_000_000
+                late[second] = max(late.get(second, 0.0), round(lag_ms, 1))
+        window, self.window, self.lag_recording = self.window, None, False
+        after = self.snap()
+        result = self.soak_figures(clients[:opened], gaps, window)
+        result.update(at_hold_start=ready, t0_ns=t0, requested=n, opened=opened, open_s=open_s,
+                      rate=rate, tokens_per_stream=tokens, hold_s=hold,
+                      idle=idle, loop_lag=summarize_ns(sorted(self.lag)),
+                      loadgen_late_seconds={str(k): v for k, v in sorted(late.items())},
+                      cpu=_cpu_delta(before, after, p.get("server_cpu")),
+                      server_pss_kb={"start": _get_in(before, "server", "pss_kb"),
+                                     "end": _get_in(after, "server", "pss_kb")})
+        result["disturbed"] = disturbed(result)
+        release, t_end = p.get("release_file"), time.monotonic() + linger
+        while release and not os.path.exists(release) and time.monotonic() < t_end:
+            await asyncio.sleep(0.1)
+        self.close_all()
+        await self.wait_all_closed(10)
+        return result
+
+    def soak_figures(self, clients: list[Client], gaps: Gaps, window: Window) -> dict:
+        """What the hold measured: each stream's longest gap (a stream still open at the end
+        counts the wait since its last token too), who ended early, the relay latency."""
+        t0, t1 = gaps.t0, gaps.t1
+        measured, waiting_at_end = [], 0
+        early = {"never_answered": 0, "no_token_before_hold": 0, "ended_before_hold": 0,
+                 "ended_in_hold": 0, "answer_ended_in_hold": 0, "no_token_in_hold": 0}
+        for c in clients:
+            if c.status != 200:
+                early["never_answered"] += 1
+                continue
+            if c.closed and c.t_end <= t0:
+                early["ended_before_hold"] += 1
+                continue
+            if not c.t_token or c.t_token > t0:
+                early["no_token_before_hold"] += 1
+            if c.closed and c.t_end <= t1:
+                early["ended_in_hold"] += 1
+                early["answer_ended_in_hold"] += c.complete
+            elif c.gap_last:
+                tail = t1 - c.gap_last  # still waiting for its next token when the hold ended
+                if tail > c.max_gap:
+                    c.max_gap = tail
+                if tail > gaps.slow:
+                    waiting_at_end += 1
+            if not c.gap_last or c.gap_last < t0:
+                early["no_token_in_hold"] += 1
+            if c.t_token:
+                measured.append(c.max_gap)
+        dist = summarize_ns(measured)
+        return {
+            "streams_measured": len(measured), "max_gap": dist,
+            "streams_gap_over_slow": sum(1 for g in measured if g > gaps.slow),
+            "streams_gap_over_worse": sum(1 for g in measured if g > gaps.worse),
+            "slow_ms": gaps.slow / 1e6, "worse_ms": gaps.worse / 1e6,
+            "gap_seconds": {str(k): {"over_slow": v[0], "over_worse": v[1],
+                                     "max_ms": round(v[2] / 1e6, 1)}
+                            for k, v in sorted(gaps.buckets.items())},
+            "waiting_at_end_over_slow": waiting_at_end, "early": early,
+            "tokens_in_hold": window.tokens, "latency": summarize_ns(window.lat),
+            "errors": _count(c.error for c in clients if c.error),
+            "codes": _count(c.code for c in clients if c.code),
+            "connect_errors": dict(self.connect_errors),
+        }
+
     async def run(self) -> dict:
         scenario = self.plan.get("scenario", "steady")
         runner = {"steady": self.scenario_steady, "ramp": self.scenario_ramp,
                   "hold": self.scenario_hold, "cancel": self.scenario_cancel,
                   "closed_loop": self.scenario_closed_loop, "held": self.scenario_held,
-                  "stalled": self.scenario_stalled}[scenario]
+                  "stalled": self.scenario_stalled, "soak": self.scenario_soak}[scenario]
         monitor = self.loop.create_task(self.lag_monitor())
         t0 = time.monotonic()
         try:
@@ -1250,7 +1416,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--secret", help="JWT_SECRET_KEY of the server, to mint a token")
     parser.add_argument("--token", help="a bearer token to send as is")
     parser.add_argument("--scenario", choices=("steady", "ramp", "hold", "cancel",
-                                                "closed_loop", "held", "stalled"),
+                                                "closed_loop", "held", "stalled", "soak"),
                         default="steady")
     parser.add_argument("--streams", type=int)
     parser.add_argument("--rate", type=float)

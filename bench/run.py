@@ -7,7 +7,12 @@ scenario starts a fresh gunicorn (gevent worker, one worker) for each of the two
 * **baseline**: the naive relay kept in ``bench/naive_app.py``, under the same gunicorn worker;
 
 and drives it with ``bench/loadgen.py`` (a subprocess) under the same load, alternating which
-target goes first from one scenario to the next so that the machine's noise hits both. The
+target goes first from one scenario to the next so that the machine's noise hits both. Two
+scenarios run the service alone: ``scrape`` (a /metrics scrape's cost to the worker's loop at
+5,000 open streams, as deployed and with the greenlet gauge) and ``soak`` (issue 26: 2,000 streams
+at 1 token/s held 300 s while /metrics is scraped every 15 s; the longest gap between two tokens
+of any stream, the seconds in which the long gaps ended, and the worker's garbage-collector
+pauses read from the scrapes' ``axrisi_gc_pause_seconds``). The
 servers run pinned to one CPU and the load generator and the upstream to another (on a machine
 with at least two), so that the server's figures are one core's. It samples the server's process
 tree from /proc (``bench/sample.py``), prints the machine, then one table (figure | service |
@@ -103,6 +108,9 @@ FULL = {
                "plateau_timeout": 60, "answer_wait": 15, "max_inflight": 200,
                "inflight_age": 1.0, "settle_cpu": 0.9, "settle_max": 30, "healthz": 50,
                "scrapes": 10, "probe_delay_ms": 1, "linger": 180, "deadline": 300},
+    "soak": {"streams": 2000, "rate": 1, "open_rate": 200, "open_timeout": 60, "answer_wait": 15,
+             "settle": 3, "hold": 300, "scrape_every": 15, "gap_ms": 1500, "worse_gap_ms": 2000,
+             "linger": 60, "deadline": 480},
 }
 QUICK = {
     "turnover": {"users": 200, "tokens": 200, "rate": 50, "stagger": 2, "warmup": 2,
@@ -130,15 +138,19 @@ QUICK = {
     "scrape": {"streams": 300, "rate": 0.2, "open_rate": 300, "settle": 0.5,
                "plateau_timeout": 8, "answer_wait": 3, "settle_max": 3, "healthz": 20,
                "scrapes": 5, "probe_delay_ms": 1, "linger": 60, "deadline": 90},
+    "soak": {"streams": 300, "rate": 1, "open_rate": 100, "open_timeout": 20, "answer_wait": 10,
+             "settle": 1, "hold": 40, "scrape_every": 5, "gap_ms": 1500, "worse_gap_ms": 2000,
+             "linger": 30, "deadline": 130},
 }
 # turnover_redis is turnover run three ways (the service with REDIS_URL, without, the baseline):
 # the same sizes, so that its figures read beside turnover's.
 for _sizes in (FULL, QUICK):
     _sizes["turnover_redis"] = dict(_sizes["turnover"])
-# The headline first (issue 13: what users do), then the long-lived streams of issue 7;
-# ``stalled`` last, since it fills the kernel's socket buffers for a while.
+# The headline first (issue 13: what users do), then the long-lived streams of issue 7; the
+# long soak of issue 26 late; ``stalled`` last, since it fills the kernel's socket buffers for a
+# while.
 SCENARIOS = ("turnover", "turnover_redis", "real", "requests", "hold", "held", "cpu", "latency",
-             "ramp", "cancel", "scrape", "stalled")
+             "ramp", "cancel", "scrape", "soak", "stalled")
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,6 +470,7 @@ class Bench:
         self.token = mint_token(self.secret)
         self._user_tokens: list[str] = []
         self.quiet_before = 0.0
+        self.warmed_ns = 0
 
     def user_tokens(self, users: int) -> list[str]:
         """One JWT per closed-loop user (distinct ``sub``, same secret), minted once per run."""
@@ -509,6 +522,7 @@ class Bench:
                            self.harness_cpu, 60)
         if warm.get("error") or warm.get("errors"):
             log(f"{target}: warm-up trouble: {warm.get('error') or warm.get('errors')}")
+        self.warmed_ns = time.monotonic_ns()  # its streams' resume TTL runs from about here
         time.sleep(0.5)
         return server
 
@@ -561,6 +575,11 @@ class Bench:
         No naive baseline: it has no /healthz or /metrics."""
         return [("service", "service", {"AXRISI_GREENLET_GAUGE": "0"}),
                 ("service_gauge", "service", {"AXRISI_GREENLET_GAUGE": "1"})]
+
+    def soak_runs(self) -> list[tuple[str, str, dict[str, str]]]:
+        """soak: the service as deployed (no greenlet gauge: the bench's leak checks set it).
+        No naive baseline: it has no /metrics, and the question is the service's own pause."""
+        return [("service", "service", {"AXRISI_GREENLET_GAUGE": "0"})]
 
     # --- the scenarios
 
@@ -704,6 +723,53 @@ class Bench:
         result["upstream_after"] = self.upstream.stats()
         return result
 
+    def soak(self, server: Server) -> dict:
+        """Long streams held for minutes while /metrics is scraped as Prometheus does: the
+        load generator measures the gaps between each stream's tokens; the runner scrapes and
+        reads the worker's GC pauses (``axrisi_gc_pause_seconds``) from each scrape."""
+        size = self.sizes["soak"]
+        tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+        ready, release = tmp / "ready", tmp / "release"
+        plan = self.plan(server, "soak", ready_file=str(ready), release_file=str(release),
+                         **size)
+        plan_path = tmp / "plan.json"
+        plan_path.write_text(json.dumps(plan))
+        load = subprocess.Popen([PY, str(BENCH / "loadgen.py"), "--plan", f"@{plan_path}"],
+                                cwd=ROOT, stdout=subprocess.PIPE,
+                                preexec_fn=pinned(self.harness_cpu))
+        measured: dict = {}
+        out = b""
+        try:
+            deadline = time.monotonic() + sum(size[k] for k in ("open_timeout", "answer_wait",
+                                                                  "settle")) + 30
+            while not ready.exists():
+                if load.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the load generator did not open the streams")
+                time.sleep(0.02)  # the first scrape reads the GC pauses at the hold's start
+            held = json.loads(ready.read_text())
+            log(f"soak: {held['receiving']:,} of {held['requested']:,} streams receiving; "
+                f"holding {size['hold']:g} s, /metrics every {size['scrape_every']:g} s")
+            measured["scrapes"] = scrape_through(server, held["t0_ns"], size, load)
+        finally:
+            release.touch()
+            try:
+                out, _ = load.communicate(timeout=size["deadline"] + 30)
+            except subprocess.TimeoutExpired:
+                load.kill()
+                out, _ = load.communicate()
+            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            result = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            result = {"error": f"the load generator printed no result (exit {load.returncode})"}
+        result.update(measured)
+        if "t0_ns" in result:  # the warm-up's finished streams expire a resume TTL after this
+            result["warmup_ended_s"] = round((self.warmed_ns - result["t0_ns"]) / 1e9, 1)
+        result["scrape_ms"] = _ms_dist([x["ms"] for x in measured["scrapes"] if "ms" in x])
+        result["gc"] = gc_summary(measured["scrapes"])
+        result["upstream_after"] = self.upstream.stats()
+        return result
+
     def held(self, server: Server) -> dict:
         size = self.sizes["held"]
         result = run_loadgen(self.plan(server, "held", **size), self.harness_cpu,
@@ -784,7 +850,8 @@ class Bench:
                "turnover_redis": self.steady("turnover_redis", "closed_loop"),
                "real": self.steady("real", "closed_loop"),
                "requests": self.steady("requests", "closed_loop"),
-               "held": self.held, "stalled": self.stalled, "scrape": self.scrape}
+               "held": self.held, "stalled": self.stalled, "scrape": self.scrape,
+               "soak": self.soak}
         # The dropped streams' events are kept for a resume for AXRISI_RESUME_TTL_SECONDS (300
         # by default, within AXRISI_RESUME_MAX_MEMORY_MB): a short TTL shows whether the memory
         # comes back once they expire, `after` seconds after the readers left.
@@ -804,7 +871,8 @@ class Bench:
             for index, name in enumerate(chosen):
                 try:
                     runs = (self.redis_runs() if name == "turnover_redis" else
-                            self.scrape_runs() if name == "scrape" else None)
+                            self.scrape_runs() if name == "scrape" else
+                            self.soak_runs() if name == "soak" else None)
                 except (OSError, RuntimeError) as error:
                     log(f"{name}: skipped: {error}")
                     results[name] = {"error": str(error)}
@@ -899,6 +967,89 @@ def _scrape_once(conn: http.client.HTTPConnection, headers: dict, sent: threadin
     done["ms"] = (done["end"] - t0) * 1000
     if response.will_close:
         conn.close()
+
+
+def scrape_through(server: Server, t0_ns: int, size: dict,
+                   load: subprocess.Popen) -> list[dict]:
+    """``GET /metrics`` at the hold's start ``t0_ns`` (the shared monotonic clock), then every
+    ``scrape_every`` s, the last at ``t0 + hold``: each on a fresh connection, as Prometheus
+    does (gunicorn's keepalive is shorter than the interval). Per scrape: when (s since t0),
+    how long (request written -> body read) and the GC histogram in it."""
+    every, hold = float(size["scrape_every"]), float(size["hold"])
+    marks = [k * every for k in range(int(hold // every) + 1)]
+    if marks[-1] < hold:
+        marks.append(hold)
+    token = server.env.get("AXRISI_METRICS_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    scrapes: list[dict] = []
+    for mark in marks:
+        wait = (t0_ns + mark * 1e9 - time.monotonic_ns()) / 1e9
+        if wait > 0:
+            time.sleep(wait)
+        if load.poll() is not None:
+            scrapes.append({"t_s": mark, "error": "the load generator exited"})
+            break
+        at = (time.monotonic_ns() - t0_ns) / 1e9
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            ms, body = _timed_get(conn, "/metrics", headers)
+            scrapes.append({"t_s": round(at, 3), "ms": ms,
+                            "gc": gc_pauses(body.decode("utf-8", "replace"))})
+        except (OSError, RuntimeError, http.client.HTTPException) as error:
+            scrapes.append({"t_s": round(at, 3), "error": repr(error)[:200]})
+        finally:
+            conn.close()
+    return scrapes
+
+
+_GC_SAMPLE = re.compile(r"^axrisi_gc_pause_seconds_(bucket|count|sum)\{([^}]*)\}\s+(\S+)", re.M)
+
+
+def gc_pauses(text: str) -> dict:
+    """``axrisi_gc_pause_seconds`` in a scrape: per generation its count, sum and cumulative
+    buckets (``le`` as the scrape writes it); {} when the service has no such histogram."""
+    out: dict = {}
+    for kind, labels, value in _GC_SAMPLE.findall(text):
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        gen = out.setdefault(lab.get("generation", "?"), {"count": 0.0, "sum": 0.0,
+                                                          "buckets": {}})
+        if kind == "bucket":
+            gen["buckets"][lab.get("le", "?")] = float(value)
+        else:
+            gen[kind] = float(value)
+    return out
+
+
+def gc_summary(scrapes: list[dict]) -> dict:
+    """The GC pauses between the first and the last scrape that read the histogram: per
+    generation the count, the sum and the bucket the largest pause fell in (``[lower, upper]``
+    seconds); and per scrape interval the full (generation-2) collections, to line up with
+    the gaps' seconds."""
+    good = [x for x in scrapes if x.get("gc")]
+    if len(good) < 2:
+        return {"error": "axrisi_gc_pause_seconds was not read at the hold's start and end"}
+    first, last = good[0], good[-1]
+    out: dict = {"from_s": first["t_s"], "to_s": last["t_s"], "generations": {}}
+    for gen, end in sorted(last["gc"].items()):
+        start = first["gc"].get(gen) or {"count": 0.0, "sum": 0.0, "buckets": {}}
+        count = end["count"] - start["count"]
+        cumulative = sorted((float(le), n - start["buckets"].get(le, 0.0))
+                            for le, n in end["buckets"].items())
+        largest, lower = None, 0.0
+        for upper, n in cumulative:
+            if count and n >= count:
+                largest = [lower, upper]
+                break
+            lower = upper
+        out["generations"][gen] = {"count": int(count), "sum_s": end["sum"] - start["sum"],
+                                   "largest_bucket_s": largest}
+    out["full_by_interval"] = [
+        {"from_s": a["t_s"], "to_s": b["t_s"],
+         "count": int(_get(b, "gc", "2", "count", default=0)
+                      - _get(a, "gc", "2", "count", default=0)),
+         "sum_s": _get(b, "gc", "2", "sum", default=0) - _get(a, "gc", "2", "sum", default=0)}
+        for a, b in zip(good, good[1:], strict=False)]
+    return out
 
 
 def _ms_dist(values: list[float]) -> dict:
@@ -1199,6 +1350,8 @@ def table(results: dict) -> list[dict]:
                 "(issue 6); hook: METRICS_GAUGES in bench/run.py")
     if results.get("scrape"):
         _scrape_rows(row, results)
+    if results.get("soak"):
+        _soak_rows(row, results)
     if results.get("stalled"):
         _stalled_rows(row, results)
     return rows
@@ -1239,6 +1392,114 @@ def _scrape_rows(row, results: dict) -> None:
         return None if not a or z is None else z / a
     row("/healthz max during a scrape / idle p50", worst("service"), worst(g), unit="x",
         fmt="{:.2f}", ratio_ok=False)
+
+
+def _soak_rows(row, results: dict) -> None:
+    """soak (issue 26 items 2-3): the longest wait between two tokens of any stream, long
+    streams held for minutes with scrapes running. The service only (no baseline column)."""
+    d, size = results["soak"], results["sizes"]["soak"]
+    r = d.get("service") or {}
+    load = (f"{size['streams']:,} streams x {size['rate']:g} token/s held {size['hold']:g} s, "
+            f"/metrics every {size['scrape_every']:g} s")
+    gap = r.get("max_gap") or {}
+    slow, worse = size["gap_ms"] / 1000, size["worse_gap_ms"] / 1000
+
+    def secs(dist: dict, *keys: str):
+        v = [dist.get(k) for k in keys]
+        return None if None in v else " / ".join(f"{x / 1000:.2f}" for x in v) + " s"
+    worst = gap.get("max_ms")
+    row(f"soak: max gap between two tokens of any stream, p99.9 / max ({load})",
+        secs(gap, "p999_ms", "max_ms"), None, target=f"max < {slow:g} s",
+        met=worst is not None and worst < size["gap_ms"], note=r.get("error") or
+        _soak_gap_note(r))
+    row("soak: each stream's max gap, p50 / p99 (over the streams measured)",
+        secs(gap, "p50_ms", "p99_ms"), None)
+    n = r.get("streams_measured")
+    row(f"soak: streams with a gap > {slow:g} s / > {worse:g} s (of the streams measured)",
+        None if n is None else f"{r['streams_gap_over_slow']:,} / "
+        f"{r['streams_gap_over_worse']:,} of {n:,}", None, note=_soak_seconds_note(r))
+    early = r.get("early") or {}
+    ended = sum(early.get(k, 0) for k in ("never_answered", "ended_before_hold",
+                                          "ended_in_hold"))
+    row("soak: streams that ended or errored before the hold's end (not answered, closed "
+        "before or in the hold)", ended if early else None, None, target="0",
+        met=bool(early) and ended == 0, fmt="{:,.0f}", ratio_ok=False,
+        note="; ".join([f"{k.replace('_', ' ')} {v:,}" for k, v in early.items() if v]
+                       + [f"{k.replace('_', ' ')} {r[k]}" for k in ("errors", "codes",
+                                                                  "connect_errors")
+                          if r.get(k)]))
+    gc_ = r.get("gc") or {}
+    full = _get(gc_, "generations", "2") or {}
+    largest = full.get("largest_bucket_s")
+    row("soak: full (generation-2) GC collections in the hold: count / sum / largest "
+        "pause's bucket (axrisi_gc_pause_seconds at the hold's start and end)",
+        None if not full else f"{full['count']:,} / {full['sum_s']:.3f} s / "
+        + ("none" if largest is None else f"{largest[0]:g}-{largest[1]:g} s"), None,
+        note=gc_.get("error") or _soak_gc_note(gc_))
+    row(f"soak: /metrics scrape duration p50 / max ({_get(r, 'scrape_ms', 'n') or 0} scrapes "
+        "in the hold, fresh connections)",
+        _pair(d, "service", "scrape_ms", "p50", "max"), None,
+        note="; ".join(f"t={x['t_s']:g} s: {x['error']}" for x in r.get("scrapes") or []
+                       if x.get("error")))
+    row("soak: relay latency p99.9 / max in the hold (receive time - upstream's send stamp)",
+        _pair(d, "service", "latency", "p999", "max"), None, note=_soak_harness_note(r))
+
+
+def _soak_gap_note(r: dict) -> str:
+    if r.get("timed_out"):
+        return "the load generator ran out of time (its deadline): no gaps measured"
+    start = r.get("at_hold_start") or {}
+    if not start:
+        return ""
+    return (f"{start.get('receiving', 0):,} of {r.get('requested', 0):,} streams receiving at "
+            f"the hold's start (opened in {start.get('open_s', 0):.0f} s); "
+            f"{r.get('tokens_in_hold', 0):,} tokens in the hold; the warm-up's streams ended at "
+            f"t={r.get('warmup_ended_s', 0):g} s (their events expire a resume TTL later); "
+            "per-second gap buckets: gap_seconds in the JSON")
+
+
+def _soak_seconds_note(r: dict) -> str:
+    """The seconds of the hold in which gaps over the limit ended: a pause of the relay is one
+    moment for every stream; the most hit first."""
+    buckets = r.get("gap_seconds") or {}
+    top = sorted(buckets.items(), key=lambda kv: -kv[1]["over_slow"])[:8]
+    bits = [f"t={k} s: {v['over_slow']:,} (max {v['max_ms'] / 1000:.2f} s)" for k, v in top]
+    if len(buckets) > len(top):
+        bits.append(f"{len(buckets) - len(top)} more seconds")
+    if r.get("waiting_at_end_over_slow"):
+        bits.append(f"{r['waiting_at_end_over_slow']:,} streams still waiting at the hold's "
+                    "end (counted with the wait so far)")
+    return ("gaps ended in second " + "; ".join(bits)) if bits else ""
+
+
+def _soak_gc_note(gc_: dict) -> str:
+    gens = gc_.get("generations") or {}
+    bits = [f"gen {g}: {v['count']:,} ({v['sum_s']:.3f} s"
+            + (f", largest {v['largest_bucket_s'][0]:g}-{v['largest_bucket_s'][1]:g} s)"
+               if v.get("largest_bucket_s") else ")")
+            for g, v in sorted(gens.items()) if g != "2"]
+    when = [f"{x['from_s']:.0f}-{x['to_s']:.0f} s: {x['count']} ({x['sum_s']:.3f} s)"
+            for x in gc_.get("full_by_interval") or [] if x["count"]]
+    if when:
+        bits.append("full collections by scrape interval: " + ", ".join(when))
+    return "; ".join(bits)
+
+
+def _soak_harness_note(r: dict) -> str:
+    """Whether a gap could be the harness's own: the load generator's loop, the upstream."""
+    bits = []
+    lag = _get(r, "loop_lag", "max_ms")
+    if lag is not None:
+        bits.append(f"load generator loop lag max {lag:.0f} ms")
+    late = r.get("loadgen_late_seconds") or {}
+    if late:
+        bits.append("its loop > 100 ms late in second " + ", ".join(
+            f"t={k} s ({v:.0f} ms)" for k, v in list(late.items())[:8]))
+    up = r.get("upstream_after") or {}
+    if "lag_max_ms" in up:
+        bits.append(f"upstream timers late by up to {up['lag_max_ms']:.0f} ms over the run "
+                    f"({up.get('lag_over_10ms', 0):,} over 10 ms)")
+    return "; ".join(bits)
 
 
 def _scrape_note(d: dict) -> str:
@@ -1592,7 +1853,7 @@ def print_profile(prof: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="every scenario at small sizes (a smoke run: about 5 minutes "
+                        help="every scenario at small sizes (a smoke run: about 7 minutes "
                              "on a 2-vCPU machine)")
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, default=None,
                         help="run only these scenarios")

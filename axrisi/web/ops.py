@@ -2,13 +2,15 @@
 
 ``/healthz`` answers while the process serves (draining included); ``/readyz`` says 503 once
 draining starts; ``/metrics`` is open, or wants ``AXRISI_METRICS_TOKEN`` as a bearer token when
-that is set (compared in constant time).
+that is set (compared in constant time). :func:`time_collections` (started from
+``gunicorn.conf.py``) times the worker's garbage collections into ``axrisi_gc_pause_seconds``.
 """
 
 from __future__ import annotations
 
 import hmac
 
+import gevent
 from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,6 +20,8 @@ from .lifecycle import Lifecycle
 from .services import services
 
 bp = Blueprint("ops", __name__)
+
+GC_RECORD_SECONDS = 1.0
 
 
 @bp.get("/healthz")
@@ -45,4 +49,20 @@ def prometheus() -> Response:
             raise Unauthorized()
     if services().settings.greenlet_gauge:  # a debugging aid: it walks the whole heap
         metrics.count_greenlets()
+    metrics.record_gc_pauses()
     return Response(generate_latest(metrics.registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def time_collections() -> None:
+    """From gunicorn's ``post_worker_init``: time this worker's garbage collections, and record
+    the pauses each second (off the collector: ``axrisi/metrics.py`` says why). Once per
+    process: a second call does nothing."""
+    if not metrics.watch_gc():
+        return
+
+    def record() -> None:
+        while True:
+            gevent.sleep(GC_RECORD_SECONDS)
+            metrics.record_gc_pauses()
+
+    gevent.spawn(record)

@@ -149,6 +149,8 @@ for _sizes in (FULL, QUICK):
 # The headline first (issue 13: what users do), then the long-lived streams of issue 7; the
 # long soak of issue 26 late; ``stalled`` last, since it fills the kernel's socket buffers for a
 # while.
+REDIS_IDLE_SECONDS = 5.0
+"""How long turnover_redis reads Redis's idle CPU before the load (its fixed cost per second)."""
 SCENARIOS = ("turnover", "turnover_redis", "real", "requests", "hold", "held", "cpu", "latency",
              "ramp", "cancel", "scrape", "soak", "stalled")
 
@@ -597,6 +599,7 @@ class Bench:
             extra = {}
             if scenario == "closed_loop":
                 extra["user_tokens"] = self.user_tokens(int(size["users"]))
+            idle = self.redis_idle(server)
             attempts = []
             for attempt in range(int(size.get("retries", 2)) + 1):
                 if attempt:
@@ -614,8 +617,24 @@ class Bench:
             result["attempts"] = len(attempts)
             result["other_attempts"] = [a for a in attempts if a is not result]
             result["upstream_after"] = self.upstream.stats()
+            if idle and result.get("redis") and "cpu_s" in result["redis"]:
+                result["redis"].update(_net_of_idle(result["redis"], idle, size["window"]))
             return result
         return fn
+
+    def redis_idle(self, server: Server, seconds: float = REDIS_IDLE_SECONDS) -> dict:
+        """Redis's CPU with the service up and no request, over ``seconds``: its fixed cost
+        (cron, the worker's heartbeat), to tell from what each token costs. Empty when the
+        server does not use the bench's Redis."""
+        plan = self.plan(server, "idle")
+        if "redis_port" not in plan:
+            return {}
+        before, began = sample.redis_info(plan["redis_port"]), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = sample.redis_info(plan["redis_port"]), time.monotonic() - began
+        spent = (after["used_cpu_sys"] + after["used_cpu_user"]
+                 - before["used_cpu_sys"] - before["used_cpu_user"])
+        return {"seconds": elapsed, "cpu_s_per_s": spent / elapsed}
 
     def ramp(self, server: Server) -> dict:
         size = self.sizes["ramp"]
@@ -1582,6 +1601,11 @@ def _redis_rows(row, results: dict) -> None:
         "used_cpu_user over the window)", red.get("cpu_us_per_token"), None, unit=" us",
         note=why or _redis_cpu_note(r, red))
     by = red.get("commands_per_token_by_command") or {}
+    idle = red.get("idle") or {}
+    row("Redis CPU per relayed token, net of Redis's idle CPU (turnover_redis; idle: the "
+        f"{idle.get('seconds', REDIS_IDLE_SECONDS):.0f} s before the load, service up, no "
+        "request)", red.get("cpu_us_per_token_net_of_idle"), None, unit=" us",
+        note=f"idle: {idle['cpu_s_per_s'] * 1e3:.1f} ms/s" if idle else "")
     row("Redis commands per relayed token (turnover_redis; INFO commandstats: every call, "
         "those a Lua script ran included)", red.get("commands_per_token"), None, fmt="{:.2f}",
         note="; ".join(f"{k} {v:.3f}" for k, v in list(by.items())[:8])
@@ -1597,6 +1621,16 @@ def _redis_rows(row, results: dict) -> None:
         local.get("delivered_tps"), lower_better=False, fmt="{:,.0f}")
     row(f"relay latency p50 / p99 with REDIS_URL {vs}", _pair(d, "service", "latency"),
         _pair(d, "service_no_redis", "latency"))
+
+
+def _net_of_idle(red: dict, idle: dict, window_s: float) -> dict:
+    """Redis's CPU per token less what it spent idle for as long as the window."""
+    tokens = red["cpu_s"] / (red["cpu_us_per_token"] * 1e-6) if red.get("cpu_us_per_token") \
+        else 0
+    if not tokens:
+        return {"idle": idle}
+    net = (red["cpu_s"] - idle["cpu_s_per_s"] * window_s) / tokens * 1e6
+    return {"idle": idle, "cpu_us_per_token_net_of_idle": net}
 
 
 def _redis_cpu_note(r: dict, red: dict) -> str:

@@ -39,7 +39,7 @@ class Settings:
     """One algorithm; with ``JWT_JWKS_URL``, a comma-separated list of the allowed ones."""
     jwt_jwks_url: str | None = None
     jwks_cache_seconds: float = 300.0
-    jwks_refetch_seconds: float = 30.0
+    jwks_refetch_seconds: float = 5.0
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     openai_api_key: str | None = None
@@ -155,7 +155,7 @@ class Settings:
             ) or ""),
             jwt_jwks_url=jwks_url,
             jwks_cache_seconds=e.number("AXRISI_JWKS_CACHE_SECONDS", 300.0, low=1.0),
-            jwks_refetch_seconds=e.number("AXRISI_JWKS_REFETCH_SECONDS", 30.0, low=0.1),
+            jwks_refetch_seconds=e.number("AXRISI_JWKS_REFETCH_SECONDS", 5.0, low=0.1),
             jwt_audience=e.text("JWT_AUDIENCE"),
             jwt_issuer=e.text("JWT_ISSUER"),
             openai_api_key=api_key,

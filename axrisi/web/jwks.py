@@ -6,7 +6,10 @@ decides when to, so that:
 
 * keys are kept ``AXRISI_JWKS_CACHE_SECONDS`` and then fetched again, and a token whose ``kid``
   is not among them triggers at most one fetch per ``AXRISI_JWKS_REFETCH_SECONDS`` (for the
-  whole worker: a flood of made-up ``kid``s is not a flood of fetches);
+  whole worker: a flood of made-up ``kid``s is not a flood of fetches). 5 s by default, as the
+  contract says: a token signed with a newly published key is accepted within about 5 s of the
+  last fetch, whatever made that fetch (an earlier rotation, the cache's expiry, a made-up
+  ``kid``);
 * while the JWKS host is unreachable, or serves a malformed document, the keys already fetched
   keep working (a failed fetch is retried no more often than a refetch);
 * every failure is the contract's one 401 (raised by the caller).
@@ -37,7 +40,7 @@ class JwksKeys:
     """The signing keys of one JWKS document, by ``kid``."""
 
     def __init__(self, url: str, cache_seconds: float = 300.0,
-                 refetch_seconds: float = 30.0) -> None:
+                 refetch_seconds: float = 5.0) -> None:
         self.client = PyJWKClient(url, cache_jwk_set=False, timeout=FETCH_TIMEOUT_SECONDS)
         self.cache_seconds = cache_seconds
         self.refetch_seconds = refetch_seconds

@@ -29,6 +29,7 @@ class JwksServer:
     def __init__(self) -> None:
         self.document: dict[str, Any] | bytes = {"keys": []}
         self.requests = 0
+        self.fetched_at: list[float] = []  # time.monotonic() of each request
         self.port = free_port()
         self.httpd: ThreadingHTTPServer | None = None
 
@@ -42,6 +43,7 @@ class JwksServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 owner.requests += 1
+                owner.fetched_at.append(time.monotonic())
                 body = owner.document if isinstance(owner.document, bytes) else \
                     json.dumps(owner.document).encode()
                 self.send_response(200)
@@ -176,3 +178,33 @@ def test_keys_keep_working_while_the_jwks_host_is_down_or_broken(
     finally:
         jwks.document = {"keys": [keys["rotated"].jwk, keys["ec"].jwk]}
         jwks.start()
+
+
+def test_a_new_key_is_accepted_within_5_s_by_default(keys: dict[str, SigningKey]) -> None:
+    """The contract's rule with no setting: an unknown ``kid`` refetches the document at most
+    once per 5 s per worker, so a key published just after a fetch is accepted once 5 s have
+    passed since that fetch (it was 30 s), and the refused attempts meanwhile fetch nothing."""
+    server = JwksServer()
+    server.document = {"keys": [keys["rsa"].jwk]}
+    server.start()
+    env = {"JWT_JWKS_URL": server.url, "JWT_ALGORITHM": "RS256,ES256", "JWT_SECRET_KEY": None,
+           "AXRISI_AUTH_FAILURE_LIMIT": "100000/minute"}
+    try:
+        with Gunicorn(env) as service:  # type: ignore[arg-type]  # None removes a default
+            assert status(service, keys["rsa"].token()) == 200  # the first fetch
+            assert server.requests == 1
+            server.document = {"keys": [keys["rsa"].jwk, keys["rotated"].jwk]}  # published
+            answers = []
+            deadline = server.fetched_at[0] + 15
+            while time.monotonic() < deadline:
+                answers.append(status(service, keys["rotated"].token()))
+                if answers[-1] == 200:
+                    break
+                time.sleep(0.2)
+            assert answers[-1] == 200 and answers[0] == 401
+            assert server.requests == 2  # one refetch for all the attempts
+            waited = server.fetched_at[1] - server.fetched_at[0]
+            assert waited >= 5.0  # the rate of refetches holds...
+            assert waited < 10.0  # ...and a new key waits for it, not for 30 s
+    finally:
+        server.stop()

@@ -728,13 +728,7 @@ class Bench:
                 f"{result['held']['receiving']:,} receiving; measuring")
             result.update(probe_scrapes(server, size))
         finally:
-            release.touch()
-            try:
-                out, _ = load.communicate(timeout=size["deadline"] + 60)
-            except subprocess.TimeoutExpired:
-                load.kill()
-                out, _ = load.communicate()
-            shutil.rmtree(tmp, ignore_errors=True)
+            out = _hand_back(load, release, tmp, size["deadline"] + 60)
         with contextlib.suppress(ValueError, IndexError):
             run = json.loads(out.decode().strip().splitlines()[-1])
             result["handoff"] = run.get("handoff")
@@ -770,13 +764,7 @@ class Bench:
                 f"holding {size['hold']:g} s, /metrics every {size['scrape_every']:g} s")
             measured["scrapes"] = scrape_through(server, held["t0_ns"], size, load)
         finally:
-            release.touch()
-            try:
-                out, _ = load.communicate(timeout=size["deadline"] + 30)
-            except subprocess.TimeoutExpired:
-                load.kill()
-                out, _ = load.communicate()
-            shutil.rmtree(tmp, ignore_errors=True)
+            out = _hand_back(load, release, tmp, size["deadline"] + 30)
         try:
             result = json.loads(out.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -907,6 +895,19 @@ class Bench:
         results["elapsed_s"] = time.monotonic() - t0
         results["table"] = table(results)
         return results
+
+
+def _hand_back(load: subprocess.Popen, release: Path, tmp: Path, timeout: float) -> bytes:
+    """Release a load generator held at its plateau and take its output (killed when it does
+    not end within ``timeout``); the hand-off's directory goes."""
+    release.touch()
+    try:
+        out, _ = load.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        load.kill()
+        out, _ = load.communicate()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _timed_get(conn: http.client.HTTPConnection, path: str, headers: dict) -> tuple:

@@ -111,6 +111,14 @@ def post_worker_init(worker):
     # what the streams allocate. Measured (docs/benchmarks.md): the worst full-collection pause
     # at 200 streams x 50 tokens/s went from 75 ms to 14 ms.
     gc.freeze()
+    # A young collection every 50,000 net container allocations, not 700. With REDIS_URL each
+    # 0.2 s mirror tick builds one pipeline for every stream (thousands of short-lived tuples
+    # and dicts alive across a round trip): at 700, collections ran mid-tick, promoted them,
+    # and so triggered a full collection of every stream's objects about every 45 s (110 ms
+    # each at 2,000 streams, every stream held). Measured (docs/benchmarks.md, soak with Redis):
+    # 5 full collections, relay latency max 139 ms -> none, 20 ms; same memory. Cyclic garbage
+    # waits at most 50,000 allocations longer.
+    gc.set_threshold(50_000, 20, 100)
     # Every collection timed (axrisi_gc_pause_seconds): a full one holds every stream.
     time_collections()
     if not _settings.development or not _OWN_KEYS or worker.age != 1:

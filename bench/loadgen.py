@@ -1353,6 +1353,7 @@ def _redis_window(before: dict, after: dict, tokens: int) -> dict | None:
     for key in ("total_net_input_bytes", "total_net_output_bytes", "total_connections_received"):
         if key in a and key in b:
             out[key[6:]] = int(b[key] - a[key])
+    out["tokens"] = tokens
     if tokens:
         out["cpu_us_per_token"] = out["cpu_s"] / tokens * 1e6
         if "main_thread_cpu_s" in out:

@@ -1626,8 +1626,7 @@ def _redis_rows(row, results: dict) -> None:
 
 def _net_of_idle(red: dict, idle: dict, window_s: float) -> dict:
     """Redis's CPU per token less what it spent idle for as long as the window."""
-    tokens = red["cpu_s"] / (red["cpu_us_per_token"] * 1e-6) if red.get("cpu_us_per_token") \
-        else 0
+    tokens = red.get("tokens") or 0
     if not tokens:
         return {"idle": idle}
     net = (red["cpu_s"] - idle["cpu_s_per_s"] * window_s) / tokens * 1e6

@@ -220,10 +220,9 @@ def test_after_a_restart_every_kept_stream_is_written_back(redis_server: RedisSe
         assert rig.read(running.stream_id, 3) == running.frames[3:]
 
 
-def test_a_stream_ended_as_an_orphan_gets_nothing_after_its_end(
-        redis_server: RedisServer) -> None:
-    """A reader elsewhere ended the stream when this worker's lease lapsed: the worker, back,
-    writes checked (its lease is not sure) and stops at that terminal event."""
+def ended_as_an_orphan(redis_server: RedisServer) -> tuple[Rig, EventLog, redis.Redis]:
+    """A stream written to Redis, whose worker's lease then lapsed, ended by a reader elsewhere
+    with the orphan's terminal event."""
     rig = Rig(redis_server.url)
     event_log = rig.new_log()
     event_log.append({"title": "t"})
@@ -232,6 +231,14 @@ def test_a_stream_ended_as_an_orphan_gets_nothing_after_its_end(
     client = redis_server.client()
     client.zadd(keys.WORKERS, {rig.mirror.worker_id: 1})  # the lease lapsed
     assert rig.events.end_orphan(event_log.stream_id, rig.mirror.worker_id, write=True) == "ended"
+    return rig, event_log, client
+
+
+def test_a_stream_ended_as_an_orphan_gets_nothing_after_its_end(
+        redis_server: RedisServer) -> None:
+    """A reader elsewhere ended the stream when this worker's lease lapsed: the worker, back,
+    writes checked (its lease is not sure) and stops at that terminal event."""
+    rig, event_log, client = ended_as_an_orphan(redis_server)
     rig.mirror.beat_at = float("-inf")  # the worker was away as long
     append(event_log, 3)
     batch = rig.mirror._take_due()
@@ -300,14 +307,7 @@ def test_a_worker_back_after_its_lease_lapsed_writes_nothing_after_an_orphans_en
     """The worker's own heartbeat, the first thing it does when back, finds its lapsed lease
     dropped (Redis forgot it), so its next write is checked and stops at the terminal event a
     reader elsewhere wrote meanwhile: the stream's newest entry stays that end."""
-    rig = Rig(redis_server.url)
-    event_log = rig.new_log()
-    event_log.append({"title": "t"})
-    append(event_log, 2)
-    assert rig.round()
-    client = redis_server.client()
-    client.zadd(keys.WORKERS, {rig.mirror.worker_id: 1})  # the lease lapsed
-    assert rig.events.end_orphan(event_log.stream_id, rig.mirror.worker_id, write=True) == "ended"
+    rig, event_log, client = ended_as_an_orphan(redis_server)
     append(event_log, 3)
     for _ in range(3):
         rig.round()  # heartbeat first, then the writes

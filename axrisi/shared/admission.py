@@ -76,16 +76,16 @@ class SharedAdmission:
         self.check_quota = check_quota
         self._admit = store.script(_ADMIT)
 
-    def admit(self, user: str, owner: str) -> Admission | None:
+    def admit(self, user: str) -> Admission | None:
         """Admit ``user``'s next stream; None while Redis does not answer (the caller then
-        takes the per-process path, whose checks fall back at once: one wait per request)."""
+        takes the per-process path, whose checks fall back at once: one wait per request). The
+        stream's owner, in its record, is the lease's user key, as the registry's is."""
         lease = self.slots.new_lease(user)
-        claim = self.ids.propose(owner)
-        return self.store.run(lambda client: self._run(client, user, owner, lease, claim),
+        claim = self.ids.propose(lease.user_key)
+        return self.store.run(lambda client: self._run(client, user, lease, claim),
                               lambda: None, "admission", check=True)
 
-    def _run(self, client: redis.Redis, user: str, owner: str, lease: Lease,
-             claim: Claim) -> Admission:
+    def _run(self, client: redis.Redis, user: str, lease: Lease, claim: Claim) -> Admission:
         checks = self.slots.limit > 0 or self.check_quota
         pipe = client.pipeline(transaction=False)
         if checks:
@@ -102,7 +102,7 @@ class SharedAdmission:
                 client.delete(keys.record(claim.id))
             retry = self._retry_after(window_ms) if verdict == QUOTA_SPENT else None
             return Admission(None, None, retry)
-        stream_id = claim.id if claimed else self.ids.claim(client, owner)
+        stream_id = claim.id if claimed else self.ids.claim(client, lease.user_key)
         return Admission(self.slots.admitted(lease), stream_id)
 
     def _retry_after(self, window_ms: int) -> int:

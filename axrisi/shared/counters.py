@@ -95,8 +95,8 @@ class StreamSlots:
         ``GET /api/usage``, which then reports this worker's streams)."""
         if self.limit > 0:
             lease.shared = True
-            return self._hold(lease)
-        self.local.setdefault(lease.user_key, set()).add(lease.id)
+        else:
+            self.local.setdefault(lease.user_key, set()).add(lease.id)
         return self._hold(lease)
 
     def release(self, lease: Lease | None, writer: EventMirror | None = None) -> None:

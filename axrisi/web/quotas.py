@@ -59,7 +59,7 @@ class Quotas:
         """Check the token quota, then take a stream slot (with Redis, and claim the stream's
         id, in one round trip); raise the contract's 429s."""
         if self.shared is not None:
-            admission = self.shared.admit(user, user_key(user))
+            admission = self.shared.admit(user)
             if admission is not None:
                 if admission.quota_retry_after is not None:
                     raise _quota_spent(admission.quota_retry_after)

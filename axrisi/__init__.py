@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         retention=Retention(
             ttl_seconds=settings.resume_ttl_seconds,
             grace_seconds=settings.resume_grace_seconds,
+            background_max_seconds=settings.background_max_seconds,
             unsure_seconds=settings.stream_lease_seconds,
             max_events=settings.resume_max_events,
             max_bytes=settings.resume_max_stream_kb * 1024,

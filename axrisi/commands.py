@@ -28,6 +28,10 @@ class RunRequest:
     title: str | None = None
     language: str | None = None
     instruction: str | None = None
+    background: bool = False
+    """Generate to the end with no reader attached (up to ``AXRISI_BACKGROUND_MAX_SECONDS``)."""
+    reasoning: bool = False
+    """Relay the model's reasoning as ``reasoning`` events."""
 
 
 @dataclass(frozen=True)

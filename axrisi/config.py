@@ -66,6 +66,7 @@ class Settings:
     metrics_token: str | None = None
     resume_ttl_seconds: int = 300
     resume_grace_seconds: float = 0.0
+    background_max_seconds: float = 600.0
     max_streams: int = 1000
     local_pace_seconds: float = 0.03
     stream_lease_seconds: float = 60.0
@@ -177,6 +178,7 @@ class Settings:
             metrics_token=e.text("AXRISI_METRICS_TOKEN"),
             resume_ttl_seconds=e.integer("AXRISI_RESUME_TTL_SECONDS", 300, low=1),
             resume_grace_seconds=e.number("AXRISI_RESUME_GRACE_SECONDS", 0.0, low=0.0),
+            background_max_seconds=e.number("AXRISI_BACKGROUND_MAX_SECONDS", 600.0, low=1.0),
             max_streams=e.integer("AXRISI_MAX_STREAMS", default_max_streams(workers), low=1),
             local_pace_seconds=e.number("AXRISI_LOCAL_PACE_SECONDS", 0.03, low=0.0, high=5.0),
             stream_lease_seconds=e.number("AXRISI_STREAM_LEASE_SECONDS", 60.0, low=1.0),

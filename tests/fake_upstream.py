@@ -103,6 +103,14 @@ class Scenario:
     """Send the usage chunk when the request asks for it (``stream_options.include_usage``)."""
     send_role_chunk: bool = True
     """Send the leading ``{"role": "assistant", "content": ""}`` chunk with the headers."""
+    reasoning: list[str] = field(default_factory=list)
+    """Reasoning tokens, sent before the content tokens (as DeepSeek, Qwen3 and gpt-oss do),
+    each in its own chunk whose delta has ``content: null``."""
+    reasoning_field: str = "reasoning_content"
+    """The delta's field for reasoning: ``reasoning_content`` (vLLM, llama.cpp, DeepSeek) or
+    ``reasoning`` (OpenRouter)."""
+    reasoning_delay: float = 0.0
+    """Seconds of silence before each reasoning token."""
 
 
 @dataclass(eq=False)
@@ -491,25 +499,32 @@ class _ChunkFactory:
     def token(self, text: str) -> dict[str, Any]:
         return self._chunk(self._choice({"content": text}))
 
+    def thought(self, text: str, name: str) -> dict[str, Any]:
+        return self._chunk(self._choice({"content": None, name: text}))
+
     def finish(self, reason: str) -> dict[str, Any]:
         return self._chunk(self._choice({}, reason))
 
-    def usage(self, prompt: int, completion: int) -> dict[str, Any]:
-        return self._chunk([], usage=_usage(prompt, completion))
+    def usage(self, prompt: int, completion: int, reasoning: int = 0) -> dict[str, Any]:
+        return self._chunk([], usage=_usage(prompt, completion, reasoning))
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
+def _usage(prompt: int, completion: int, reasoning: int = 0) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if reasoning:  # as OpenAI, vLLM and OpenRouter report it: part of the completion tokens
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
-def _usage_numbers(scenario: Scenario, body: Any) -> tuple[int, int]:
+def _usage_numbers(scenario: Scenario, body: Any) -> tuple[int, int, int]:
     if scenario.usage is not None:
-        return scenario.usage
-    return sum(len(t.split()) for t in _message_texts(body)), len(scenario.tokens)
+        return (*scenario.usage, len(scenario.reasoning))
+    prompt = sum(len(t.split()) for t in _message_texts(body))
+    return prompt, len(scenario.tokens) + len(scenario.reasoning), len(scenario.reasoning)
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
@@ -834,6 +849,10 @@ class FakeUpstream:
         record.status = 200
         role = _sse(chunks.role()) if scenario.send_role_chunk else b""
         conn.send(_response_head(200, headers) + role)
+        for thought in scenario.reasoning:
+            conn.pause(scenario.reasoning_delay)
+            conn.check_alive()
+            conn.send(_sse(chunks.thought(thought, scenario.reasoning_field)))
         for index in range(len(scenario.tokens) + 1):
             if self._interrupt(conn, record, index):
                 return keep_alive

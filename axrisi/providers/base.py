@@ -41,6 +41,9 @@ class Usage:
 
     prompt_tokens: int
     completion_tokens: int
+    reasoning_tokens: int | None = None
+    """Of the completion tokens, those the model spent reasoning, where the upstream says
+    (``completion_tokens_details.reasoning_tokens``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,14 @@ class ProviderError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Reasoning:
+    """A piece of the model's reasoning (``delta.reasoning_content`` or ``delta.reasoning``),
+    never part of the answer: relayed as ``reasoning`` events only when the request asked."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Switched:
     """The primary upstream failed before its first content and the fallback takes over: no
     event for the client, but the generation restarts its silence watch and records why."""
@@ -74,8 +85,9 @@ class Switched:
     reason: str
 
 
-Pulled = str | Finish | ProviderError
-"""What a pump's read brings: content pieces, then possibly the end (a Finish) or a failure."""
+Pulled = str | Reasoning | Finish | ProviderError
+"""What a pump's read brings: content and reasoning pieces, then possibly the end (a Finish) or
+a failure."""
 
 
 class Pump(Protocol):
@@ -84,7 +96,7 @@ class Pump(Protocol):
     fileno: int
 
     def pull(self) -> list[Pulled]:
-        """What one non-blocking read brought: content pieces, then possibly the Finish or the
+        """What one non-blocking read brought: pieces, then possibly the Finish or the
         failure that ends the answer (nothing when the read found nothing). Never blocks."""
         ...
 
@@ -99,8 +111,9 @@ class Handover:
     pump: Pump
 
 
-StreamItem = str | Finish | Switched | Handover
-"""A content piece (one or more tokens that arrived together, never empty), the final Finish,
+StreamItem = str | Reasoning | Finish | Switched | Handover
+"""A content piece (one or more tokens that arrived together, never empty), a
+:class:`Reasoning` piece (the same, of the model's reasoning), the final Finish,
 or (from :class:`~axrisi.providers.fallback.FallbackProvider` only) a :class:`Switched`, or
 (from ``stream_handover`` only) a :class:`Handover`."""
 

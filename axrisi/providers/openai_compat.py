@@ -30,7 +30,16 @@ import httpx2
 import openai
 import orjson
 
-from .base import Finish, Handover, Prompt, ProviderError, Pulled, StreamItem, Usage
+from .base import (
+    Finish,
+    Handover,
+    Prompt,
+    ProviderError,
+    Pulled,
+    Reasoning,
+    StreamItem,
+    Usage,
+)
 from .transport import BODY_EXTENSION, LeanTransport
 
 log = logging.getLogger(__name__)
@@ -108,18 +117,14 @@ class OpenAIProvider:
             if pump is not None:
                 yield Handover(pump)  # resumed only when the consumer hands the reading back
             for chunk in chunks:
-                content = reader.feed(chunk)
-                if content:
-                    yield content
+                yield from reader.feed(chunk)
                 if reader.failure is not None:
                     raise reader.failure
                 if reader.done:
                     _drain(chunks)
                     break
             else:
-                content = reader.feed_end()
-                if content:
-                    yield content
+                yield from reader.feed_end()
             yield reader.finish()
         except openai.APIStatusError as error:
             raise status_error(error.status_code) from None
@@ -224,17 +229,14 @@ class BodyPump:
             return [connection_failed()]
         items: list[Pulled] = []
         if data:
-            content = reader.feed(data)
-            if content:
-                items.append(content)
+            items.extend(reader.feed(data))
             if reader.failure is not None:
                 items.append(reader.failure)
                 return items
         if complete or reader.done:
             try:
-                content = "" if reader.done else reader.feed_end()
-                if content:
-                    items.append(content)
+                if not reader.done:
+                    items.extend(reader.feed_end())
                 items.append(reader.finish())
             except ProviderError as failure:
                 items.append(failure)
@@ -267,8 +269,12 @@ def status_error(status: int) -> ProviderError:
                          kind)
 
 
+Piece = str | Reasoning
+"""What a network read of the answer carries: content, and the model's reasoning apart."""
+
+
 class _Reader:
-    """Parses the upstream's SSE body into content pieces and the final Finish."""
+    """Parses the upstream's SSE body into pieces (content, reasoning) and the final Finish."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -278,16 +284,16 @@ class _Reader:
         self.failure: ProviderError | None = None
         self._pending = b""
 
-    def feed_end(self) -> str:
+    def feed_end(self) -> list[Piece]:
         """The body ended without ``[DONE]``: its last line, if any, then a check it finished."""
-        content = self.feed(b"\n") if self._pending.strip() else ""
+        pieces = self.feed(b"\n") if self._pending.strip() else []
         if self.failure is None and self.finish_reason is None and not self.done:
             self.failure = ProviderError("upstream_error",
                                          "The model service ended the stream early.",
                                          "ended_early")
-        if self.failure is not None and not content:
+        if self.failure is not None and not pieces:
             raise self.failure
-        return content
+        return pieces
 
     def finish(self) -> Finish:
         """The stream's end, once the body is read; raises a failure kept by ``feed_end``."""
@@ -295,31 +301,31 @@ class _Reader:
             raise self.failure
         return Finish(reason=self.finish_reason or "stop", model=self.model, usage=self.usage)
 
-    def feed(self, chunk: bytes) -> str:
-        """Consume one network read; return the content it carried (possibly empty).
+    def feed(self, chunk: bytes) -> list[Piece]:
+        """Consume one network read; return what it carried, in order: at most one content
+        piece per run of content deltas (tokens that arrived together travel together), and
+        the same for reasoning.
 
         A failure (an error event, a malformed line) is kept in ``failure`` rather than raised,
-        so that the content before it in the same read still reaches the client first.
+        so that the pieces before it in the same read still reach the client first.
         """
         data = self._pending + chunk
         lines = data.split(b"\n")
         self._pending = lines.pop()
-        pieces: list[str] = []
+        pieces: list[Piece] = []
         for line in lines:
             if line.startswith(b"data:") and not self.done:
                 try:
-                    piece = self._on_data(line[5:].strip())
+                    self._on_data(line[5:].strip(), pieces)
                 except ProviderError as failure:
                     self.failure = failure
                     break
-                if piece:
-                    pieces.append(piece)
-        return "".join(pieces)
+        return pieces
 
-    def _on_data(self, payload: bytes) -> str | None:
+    def _on_data(self, payload: bytes, pieces: list[Piece]) -> None:
         if payload == b"[DONE]":
             self.done = True
-            return None
+            return
         try:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -327,24 +333,46 @@ class _Reader:
                                 "The model service sent a malformed response.",
                                 "malformed") from None
         if not isinstance(message, dict):
-            return None
+            return
         if message.get("error") is not None:
             raise ProviderError("upstream_error", "The model service reported an error.",
                                 "in_stream_error")
-        return self._on_chunk(message)
+        self._on_chunk(message, pieces)
 
-    def _on_chunk(self, message: dict[str, Any]) -> str | None:
+    def _on_chunk(self, message: dict[str, Any], pieces: list[Piece]) -> None:
         if isinstance(message.get("model"), str):
             self.model = message["model"]
         usage = message.get("usage")
         if isinstance(usage, dict):
-            self.usage = Usage(int(usage.get("prompt_tokens") or 0),
-                               int(usage.get("completion_tokens") or 0))
-        content = None
+            self.usage = _usage(usage)
         for choice in message.get("choices") or ():
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
             delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                content = delta["content"] if content is None else content + delta["content"]
-        return content
+            # DeepSeek, vLLM and llama.cpp spell it reasoning_content; OpenRouter, reasoning.
+            thought = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(thought, str) and thought:
+                _add(pieces, Reasoning(thought))
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                _add(pieces, content)
+
+
+def _add(pieces: list[Piece], piece: Piece) -> None:
+    """Append ``piece``, joined to the last one when it is of the same kind."""
+    last = pieces[-1] if pieces else None
+    if isinstance(piece, str):
+        if isinstance(last, str):
+            pieces[-1] = last + piece
+            return
+    elif isinstance(last, Reasoning):
+        pieces[-1] = Reasoning(last.text + piece.text)
+        return
+    pieces.append(piece)
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                 int(reasoning) if isinstance(reasoning, int) else None)

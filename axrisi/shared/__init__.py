@@ -1,8 +1,9 @@
 """Deployment-wide state: what every worker and instance that shares one Redis agrees on.
 
 The Redis store and its fault model (``store``), stream ids (``ids``), the events written for
-resumes elsewhere (``mirror``) and read back (``events``), the per-user counters
-(``counters``) and the rate limit's storage (``limitstore``). The engine (``axrisi.stream``)
+resumes elsewhere (``mirror``) and read back (``events``), each user's list of streams
+(``listing``), the per-user counters (``counters``) and the rate limit's storage
+(``limitstore``). The engine (``axrisi.stream``)
 sees only its ports; the web shell (``axrisi.web``) uses these through :class:`SharedState`.
 """
 
@@ -14,6 +15,7 @@ from .. import metrics
 from ..config import Settings
 from .events import RedisEvents
 from .ids import SharedIds
+from .listing import SharedListing
 from .mirror import EventMirror
 from .stops import StopRequests
 from .store import SharedStore
@@ -28,6 +30,7 @@ class SharedState:
     mirror: EventMirror
     events: RedisEvents
     stops: StopRequests
+    listing: SharedListing
 
 
 def follow_block_seconds(settings: Settings) -> float:
@@ -56,4 +59,4 @@ def connect(settings: Settings, url: str) -> SharedState:
     mirror.start()
     ids = SharedIds(store, mirror.worker_id, max(running_ttl_seconds, settings.resume_ttl_seconds))
     return SharedState(store, ids, mirror, events,
-                       StopRequests(store, mirror.worker_id))
+                       StopRequests(store, mirror.worker_id), SharedListing(store))

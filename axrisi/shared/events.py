@@ -301,6 +301,28 @@ class RedisEvents:
             if ended:
                 return
 
+    def kept(self, stream_id: int, position: int) -> list[bytes]:
+        """The frames Redis keeps from ``position`` on, as they are now (a snapshot's catch-up:
+        ``follow`` goes on after them); :class:`CannotTell` while Redis does not answer."""
+        return self.store.run(lambda r: self._kept(r, stream_id, position), _cannot_tell,
+                              "resume_snapshot")
+
+    def _kept(self, client: redis.Redis, stream_id: int, position: int) -> list[bytes]:
+        key, frames = keys.events(stream_id), []
+        start = f"{stream_id}-{position}"  # the entry whose last event is the first one needed
+        while True:
+            entries = cast("list[tuple[bytes, dict[bytes, bytes]]]",
+                           client.xrange(key, min=start, count=1000))
+            for entry_id, fields in entries:
+                first, batch = split_entry(entry_id, fields)
+                if first > position:
+                    raise CannotTell()  # dropped meanwhile (the cap): let the client retry
+                frames += batch[position - first:]
+                position = first + len(batch)
+            if len(entries) < 1000:
+                return frames
+            start = f"({entries[-1][0].decode()}"
+
     def end_orphan(self, stream_id: int, worker: str, write: bool) -> str:
         """'alive', 'ended', 'unknown', 'orphan' or 'unreachable'; with ``write``, end an
         orphan (→ 'ended'). Two looks in two hash slots: the worker's lease (with the stream's
@@ -388,3 +410,7 @@ class _OrphanWatch:
                 raise StreamLost("the stream is gone from Redis")
         elif state != "ended":
             self.reset()
+
+
+def _cannot_tell() -> list[bytes]:
+    raise CannotTell()

@@ -10,7 +10,7 @@ the slot. The same layout serves one Redis, so the two differ below this module,
   every master, whoever their users are.
 * **Per user** (``{u:<user key>}``): the open-stream slots, the token quota and the request rate
   (the ``limits`` package's keys and flask-limiter's, through :func:`user_tag` as their key), so
-  that a user's admission checks all land on one master.
+  that a user's admission checks all land on one master; and the index of the user's streams.
 * **Per deployment** (``{axrisi}``): the workers' leases, their synced times and when the dataset
   first met a worker. Each worker touches them once a second (its heartbeat), and readers only
   when a stream is unknown or its worker silent: never per token, never per request.
@@ -54,6 +54,16 @@ def user_tag(user_key: str) -> str:
 def stream_slots(user_key: str) -> str:
     """Sorted set: the user's open-stream leases, scored by expiry."""
     return f"axrisi:{user_tag(user_key)}:streams"
+
+
+def listed(user_key: str) -> str:
+    """Sorted set: the user's streams (``Listed`` members, scored by their start), the newest
+    :data:`LISTED_KEEP` of them, for ``GET /api/streams`` (:mod:`axrisi.shared.listing`)."""
+    return f"axrisi:{user_tag(user_key)}:listed"
+
+
+LISTED_KEEP = 100
+"""Members kept per user: the 50 a list shows, with room for ones that expired meanwhile."""
 
 
 def stops(worker: str) -> str:

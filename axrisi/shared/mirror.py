@@ -49,6 +49,7 @@ from gevent.event import Event
 from redis.typing import EncodableT, FieldT
 
 from ..stream.eventlog import EventLog
+from ..stream.listing import Listed
 from . import keys
 from .store import OUTAGE_ERRORS, SharedStore
 
@@ -115,6 +116,10 @@ class Mirrored:
 
     log: EventLog
     owner: str
+    listed: Listed | None = None
+    """Its entry in its owner's list of streams (``GET /api/streams``)."""
+    list_due: bool = True
+    """The entry is to be written, with the stream's next write (again after Redis lost it)."""
     written: int = -1
     """The highest event position Redis is known to hold (-1: none)."""
     created: bool = False
@@ -202,9 +207,10 @@ class EventMirror:
         finally:
             self._starting.remove(begun)
 
-    def track(self, event_log: EventLog, owner: str) -> None:
-        """Mirror this stream from now on (its events reach the mirror via :meth:`on_append`)."""
-        entry = Mirrored(event_log, owner)
+    def track(self, event_log: EventLog, owner: str, listed: Listed | None = None) -> None:
+        """Mirror this stream from now on (its events reach the mirror via :meth:`on_append`),
+        and list it among its owner's streams (``listed``) with its first write."""
+        entry = Mirrored(event_log, owner, listed)
         self.streams[event_log.stream_id] = entry
         # Until its keys are in Redis, this worker's synced time stays at or below its id: a
         # reader elsewhere is told "cannot tell yet" (and asks again), never "unknown".
@@ -331,7 +337,7 @@ class EventMirror:
         if forgotten:
             self._expire()
             for entry in self.streams.values():  # each write answers what Redis really holds
-                entry.checked = True
+                entry.checked = entry.list_due = True
                 self._urge(entry)
         return True
 
@@ -367,7 +373,10 @@ class EventMirror:
             lease_held = self._lease_held()
             writes = [self._queue(pipe, entry, lease_held) for entry in batch]
             side_commands = sum(write.queue(pipe) for write in side)
-            if not side_commands and not any(write.commands for write in writes):
+            listings = [entry for entry in batch if entry.listed is not None and entry.list_due]
+            for entry in listings:
+                self._list(pipe, entry)
+            if not side_commands and not listings and not any(w.commands for w in writes):
                 for write in writes:
                     self._settle(write, [])
                 return True
@@ -382,10 +391,21 @@ class EventMirror:
         for write in writes:
             mine, replies = replies[:write.commands], replies[write.commands:]
             refused = not self._settle(write, mine) or refused
-        for reply in replies:  # the side writes': an error answer is a bug, not an outage
-            if isinstance(reply, Exception):
+        for reply in replies:  # the side writes' and the listings'
+            if isinstance(reply, Exception):  # a bug, not an outage
                 log.error("Redis refused a write sent with the mirror's: %s", reply)
+        for entry in listings:
+            entry.list_due = False
         return not refused
+
+    def _list(self, pipe: redis.client.Pipeline, entry: Mirrored) -> None:
+        """Add the stream to its owner's index (``keys.listed``), which lives as long as the
+        longest-lived of its members' events: each write sets it to the running TTL."""
+        assert entry.listed is not None
+        index = keys.listed(entry.owner)
+        pipe.zadd(index, {entry.listed.encode(): entry.listed.started_ms})
+        pipe.zremrangebyrank(index, 0, -keys.LISTED_KEEP - 1)
+        pipe.pexpire(index, self.running_ttl_ms)
 
     def _redo(self, batch: list[Mirrored]) -> None:
         """Write these again, checked: a write that timed out may have landed all the same."""
@@ -421,7 +441,9 @@ class EventMirror:
             ttl = self._ttl_ms(entry)
             pipe.pexpire(key, ttl)
             pipe.set(keys.record(sid), keys.record_value(entry.owner, self.worker_id), px=ttl)
-            commands += 2
+            # The owner's index outlives every member's events (see _list).
+            pipe.pexpire(keys.listed(entry.owner), self.running_ttl_ms)
+            commands += 3
         return _Write(entry, "append" if entry.created else "create", last, commands)
 
     def _checked(self, pipe: redis.client.Pipeline, entry: Mirrored, first: int, last: int,

@@ -42,10 +42,12 @@ class StreamEnd:
     first_content_at: float | None
     ended_at: float
     tokens_out: int
-    """Output tokens: the upstream's count where it reported usage, else the content pieces."""
+    """Output tokens: the upstream's count where it reported usage (reasoning included), else the
+    content and reasoning pieces."""
     tokens_used: int
     """What the stream costs the user's token quota: prompt + completion tokens as reported,
-    or a count (the prompt's characters / 4 plus the content pieces) where none was."""
+    or a count (the prompt's characters / 4 plus the content and reasoning pieces) where none
+    was."""
     error_kind: str | None
     cancel_requested_at: float | None
     fallback_reason: str | None = None
@@ -59,8 +61,8 @@ class StreamEnd:
             tokens_out = usage.completion_tokens
             tokens_used = usage.prompt_tokens + usage.completion_tokens
         else:
-            tokens_out = generation.content_pieces
-            tokens_used = math.ceil(generation.prompt_chars / 4) + generation.content_pieces
+            tokens_out = generation.content_pieces + generation.reasoning_pieces
+            tokens_used = math.ceil(generation.prompt_chars / 4) + tokens_out
         return cls(generation.outcome or "internal", generation.started_at,
                    generation.first_content_at, ended_at, tokens_out, tokens_used,
                    generation.error_kind, cancel_requested_at, generation.fallback_reason)

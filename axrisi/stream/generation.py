@@ -37,6 +37,7 @@ from ..providers.base import (
     ProviderError,
     Pulled,
     Pump,
+    Reasoning,
     StreamItem,
     Switched,
 )
@@ -61,7 +62,8 @@ class Generation:
 
     def __init__(self, log_: EventLog, provider: Provider, prompt: Prompt,
                  upstream_timeout: float,
-                 on_end: Callable[[Generation], None] | None = None) -> None:
+                 on_end: Callable[[Generation], None] | None = None,
+                 reasoning: bool = False) -> None:
         self.log = log_
         self.provider = provider
         # The prompt holds the page's text (up to AXRISI_MAX_TEXT_CHARS): it is handed to the
@@ -74,6 +76,10 @@ class Generation:
         self.error_kind: str | None = None
         self.finish: Finish | None = None
         self.content_pieces = 0
+        self.reasoning = reasoning
+        """Relay the model's reasoning as ``reasoning`` events (the request's ``reasoning``);
+        without it, reasoning only keeps the silence watch quiet."""
+        self.reasoning_pieces = 0
         self.fallback_reason: str | None = None
         """Why the primary upstream was skipped for the fallback, when it was."""
         self.first_content_at: float | None = None
@@ -164,6 +170,8 @@ class Generation:
                     self.first_content_at = self.last_activity
                 self.content_pieces += 1
                 append({"content": item, "commandId": command_id})
+            elif isinstance(item, Reasoning):
+                self._reasoned(item)
             elif isinstance(item, Switched):  # the fallback upstream takes over (no event)
                 self.fallback_reason = item.reason
             elif isinstance(item, Handover):
@@ -206,11 +214,14 @@ class Generation:
         log_ = self.log
         for index, item in enumerate(pulled):
             self.last_activity = time.monotonic()
-            if isinstance(item, str):
+            if isinstance(item, str | Reasoning):
                 if log_.must_wait():
                     self._hand_back(pulled[index:])
                     return
-                self._content(item)
+                if isinstance(item, str):
+                    self._content(item)
+                else:
+                    self._reasoned(item)
             else:
                 if isinstance(item, ProviderError):
                     self._fail(item)
@@ -237,6 +248,8 @@ class Generation:
                 raise item
             if isinstance(item, str):
                 self._content(item)
+            elif isinstance(item, Reasoning):
+                self._reasoned(item)
             else:
                 self._finished(item)
                 return
@@ -248,6 +261,11 @@ class Generation:
             self.first_content_at = time.monotonic()
         self.content_pieces += 1
         self.log.append({"content": piece, "commandId": self.log.stream_id})
+
+    def _reasoned(self, piece: Reasoning) -> None:
+        self.reasoning_pieces += 1
+        if self.reasoning:
+            self.log.append({"reasoning": piece.text, "commandId": self.log.stream_id})
 
     def _wind_down(self) -> None:
         """The pump's end, once the terminal event is written: the upstream closed at once, then
@@ -326,6 +344,9 @@ class Generation:
 def _done_payload(finish: Finish) -> dict[str, Any]:
     payload: dict[str, Any] = {"done": True, "finishReason": finish.reason, "model": finish.model}
     if finish.usage is not None:
-        payload["usage"] = {"promptTokens": finish.usage.prompt_tokens,
-                            "completionTokens": finish.usage.completion_tokens}
+        usage = finish.usage
+        payload["usage"] = {"promptTokens": usage.prompt_tokens,
+                            "completionTokens": usage.completion_tokens}
+        if usage.reasoning_tokens is not None:
+            payload["usage"]["reasoningTokens"] = usage.reasoning_tokens
     return payload

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from .eventlog import EventLog
+from .listing import Listed
 
 
 class StreamLost(Exception):
@@ -36,8 +37,9 @@ class EventMirror(Protocol):
         """Around a stream's start (its id, then :meth:`track`)."""
         ...
 
-    def track(self, event_log: EventLog, owner: str) -> None:
-        """Mirror this stream from now on; its events then arrive through :meth:`on_append`."""
+    def track(self, event_log: EventLog, owner: str, listed: Listed | None = None) -> None:
+        """Mirror this stream from now on; its events then arrive through :meth:`on_append`.
+        ``listed``: its entry in its owner's list of streams, written with its first events."""
         ...
 
     def on_append(self, event_log: EventLog, seq: int, frame: bytes, final: bool) -> None:

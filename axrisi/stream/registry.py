@@ -30,6 +30,7 @@ from ..providers.base import Provider
 from .ending import StreamEnd, StreamState
 from .eventlog import EventLog
 from .generation import Generation
+from .listing import Listed
 from .memory import Reclaimer
 from .ports import EventMirror, IdAllocator
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "The stream was cancelled because its client left."
 STOPPED_MESSAGE = "The stream was stopped."
+BACKGROUND_OVER_MESSAGE = "The background stream ran for its longest allowed time."
 EXPIRY_SLACK_SECONDS = 1.0
 """Finished streams past their TTL are dropped together, up to this long after the first one's."""
 MIRROR_WAIT_SECONDS = 0.5
@@ -55,6 +57,11 @@ class Stream:
     log: EventLog
     generation: Generation
     lease: object | None = None
+    title: str = ""
+    started_ms: int = 0
+    """When it started, in ms since the epoch (``GET /api/streams``'s ``startedAt``)."""
+    background: bool = False
+    """Generates to its end whether or not anyone reads it (the request's ``background``)."""
     clients: int = 0
     state: StreamState = StreamState.GENERATING
     """Changed only by the registry (``ending.py`` draws the transitions)."""
@@ -74,6 +81,8 @@ class Retention:
 
     ttl_seconds: float = 300.0
     grace_seconds: float = 0.0
+    background_max_seconds: float = 600.0
+    """The longest a background stream generates; then it ends ``cancelled``."""
     unsure_seconds: float = 60.0
     """How long a stream in grace goes on while nobody can tell whether a reader came back
     elsewhere (Redis unreachable): the lease, after which such readers are ended anyway."""
@@ -102,6 +111,8 @@ class StreamRegistry:
         self.finished: OrderedDict[int, Stream] = OrderedDict()
         self.finished_bytes = 0
         self._grace: dict[int, gevent.Greenlet[[Stream], None]] = {}
+        self._deadlines: dict[int, gevent.Greenlet[[Stream, str], None]] = {}
+        """The background streams' ends at ``background_max_seconds``."""
         self._unsure: dict[int, float] = {}
         """Streams in grace whose readers elsewhere nobody could see, since when (monotonic)."""
         self._expiry: Any = None  # the libev timer of the next expiry, while streams are kept
@@ -118,6 +129,7 @@ class StreamRegistry:
         already claimed (inside :meth:`starting`), else taken from the id allocator."""
         command = CATALOG[request.command]
         owner = self.owner_key(user)
+        title, started_ms = command.title(request), int(time.time() * 1000)
         with self.starting():
             if stream_id is None:
                 stream_id = self.ids.next_id(owner)
@@ -127,16 +139,29 @@ class StreamRegistry:
             else:
                 event_log = EventLog(stream_id, self.retention.max_events,
                                      self.mirror.on_append, self.retention.max_bytes)
-                self.mirror.track(event_log, owner)
-        event_log.append({"title": command.title(request), "commandId": stream_id})
+                self.mirror.track(event_log, owner, Listed(stream_id, request.command, title,
+                                                           started_ms, request.background))
+        event_log.append({"title": title, "commandId": stream_id})
         generation = Generation(event_log, self.provider, command.prompt(request),
-                                self.upstream_timeout)
-        stream = Stream(stream_id, user, owner, request.command, event_log, generation, lease)
+                                self.upstream_timeout, reasoning=request.reasoning)
+        stream = Stream(stream_id, user, owner, request.command, event_log, generation, lease,
+                        title=title, started_ms=started_ms, background=request.background)
         generation.on_end = lambda _g: self._ended(stream)
         self.running[stream_id] = stream
         metrics.stream_started()
         generation.start()
+        if request.background:
+            self._deadlines[stream_id] = gevent.spawn_later(
+                self.retention.background_max_seconds, self._cancel, stream,
+                BACKGROUND_OVER_MESSAGE)
         return stream
+
+    def streams_of(self, owner: str) -> list[Stream]:
+        """``owner``'s streams on this worker that can still be read: running, or ended within
+        their TTL."""
+        self._expire()
+        return [stream for streams in (self.running, self.finished)
+                for stream in streams.values() if stream.owner_key == owner]
 
     def lookup(self, stream_id: int) -> Stream | None:
         """A running stream, or a finished one still within its TTL."""
@@ -153,7 +178,8 @@ class StreamRegistry:
     def detach(self, stream: Stream) -> None:
         """A client connection ended; with no client left, cancel (now or after the grace)."""
         stream.clients -= 1
-        if stream.clients > 0 or stream.state is not StreamState.GENERATING:
+        if stream.clients > 0 or stream.state is not StreamState.GENERATING \
+                or stream.background:
             return
         if self.retention.grace_seconds <= 0:
             self._cancel(stream)
@@ -210,6 +236,9 @@ class StreamRegistry:
         """
         self.running.pop(stream.id, None)
         self._stop_grace(stream)
+        deadline = self._deadlines.pop(stream.id, None)
+        if deadline is not None:
+            deadline.kill(block=False)
         stream.state = StreamState.ENDED
         stream.end = end = StreamEnd.of(stream.generation, time.monotonic(),
                                         stream.cancel_requested_at)

@@ -37,3 +37,17 @@ def retry(milliseconds: int) -> bytes:
 def comment(text: str) -> bytes:
     """A comment line; used for the opening line and heartbeats."""
     return b": " + _field_value(text) + b"\n\n"
+
+
+def parse(frame: bytes) -> tuple[str, str | None, Any]:
+    """One event as :func:`event` wrote it: its id, its name (None: a plain message) and its
+    data, decoded (for a snapshot, which folds kept events back into one)."""
+    event_id, name, data = "", None, None
+    for line in frame.split(b"\n"):
+        if line.startswith(b"id: "):
+            event_id = line[4:].decode()
+        elif line.startswith(b"event: "):
+            name = line[7:].decode()
+        elif line.startswith(b"data: "):
+            data = jsonutil.loads(line[6:])
+    return event_id, name, data

@@ -20,9 +20,18 @@ from ..users import user_key
 from . import requestlog
 from .auth import authenticated, current_user
 from .quotas import rate_limiter
-from .resume import Here, for_resume, last_event_id, parse_stream_id, resume_position
+from .resume import (
+    Here,
+    catch_up,
+    for_resume,
+    last_event_id,
+    parse_stream_id,
+    resume_position,
+    wants_snapshot,
+)
 from .resume import stop as stop_stream
 from .services import services
+from .streamlist import streams_of
 from .validation import parse_run_request
 
 bp = Blueprint("api", __name__)
@@ -76,19 +85,34 @@ def run() -> Response:
                                   framing=framing_of(request.environ, found.direct_writes)))
 
 
+@bp.get("/api/streams")
+@authenticated
+def streams() -> Response:
+    """The caller's streams that can still be read, on any worker or instance (counts against
+    no quota)."""
+    found = services()
+    return jsonify({"streams": streams_of(found.registry, found.shared,
+                                          user_key(current_user()))})
+
+
 @bp.get("/api/streams/<stream_id>")
 @authenticated
 def resume(stream_id: str) -> Response:
-    """Replay the events after Last-Event-ID, then follow the stream live to its end: from this
-    worker's log or through the shared state, as :func:`.resume.for_resume` decides (with the
-    ``204`` / ``400`` / ``404`` / ``503`` answers)."""
+    """Replay the events after Last-Event-ID (or fold them into one snapshot event), then follow
+    the stream live to its end: from this worker's log or through the shared state, as
+    :func:`.resume.for_resume` decides (with the ``204`` / ``400`` / ``404`` / ``503``
+    answers)."""
     number = parse_stream_id(stream_id)
     position = resume_position(number, last_event_id(request.headers.get("Last-Event-ID"),
                                                      request.args.getlist("lastEventId")))
+    snapshot = wants_snapshot(request.args.getlist("catchup"))
     found = services()
     where = for_resume(found.registry, found.shared, number, user_key(current_user()), position)
     if where is None:
         return Response(status=204)
+    prelude = b""
+    if snapshot:
+        prelude, position = catch_up(found.shared, number, position, where)
     settings = found.settings
     client_socket = request.environ.get("gunicorn.socket")
     if isinstance(where, Here):
@@ -96,14 +120,15 @@ def resume(stream_id: str) -> Response:
                                       heartbeat=settings.heartbeat_seconds,
                                       send_timeout=settings.send_timeout_seconds,
                                       on_close=_log_at_close(where.stream),
-                                      framing=framing_of(request.environ, found.direct_writes)))
+                                      framing=framing_of(request.environ, found.direct_writes),
+                                      prelude=prelude))
     assert found.shared is not None  # Elsewhere is found only through the shared state
     return _stream_response(relay_remote(found.shared.events, number, position,
                                          where.remote.worker, client_socket,
                                          heartbeat=settings.heartbeat_seconds,
                                          send_timeout=settings.send_timeout_seconds,
                                          grace=settings.resume_grace_seconds,
-                                         on_close=_log_at_close(None)))
+                                         on_close=_log_at_close(None), prelude=prelude))
 
 
 @bp.delete("/api/streams/<stream_id>")

@@ -16,6 +16,7 @@ from ..shared import SharedState
 from ..shared.events import CannotTell, PastTheEnd, RemoteStream
 from ..shared.store import OUTAGE_ERRORS
 from ..stream.registry import Stream, StreamRegistry
+from ..stream.snapshot import fold
 from .errors import ApiError
 
 _STREAM_ID = re.compile(r"^[1-9][0-9]{0,18}$")
@@ -104,6 +105,30 @@ def for_resume(registry: StreamRegistry, shared: SharedState | None, number: int
         raise bad_last_event_id() from None
     _check_position(position, remote.first, remote.top + 1)
     return None if remote.ended and position == remote.top + 1 else Elsewhere(number, remote)
+
+
+def wants_snapshot(catchup: list[str]) -> bool:
+    """``?catchup=snapshot``: fold the kept events into one; anything else there is a 400."""
+    if not catchup:
+        return False
+    if catchup != ["snapshot"]:
+        raise ApiError(400, "invalid_request", "catchup must be 'snapshot' (given once).")
+    return True
+
+
+def catch_up(shared: SharedState | None, number: int, position: int,
+             where: Here | Elsewhere) -> tuple[bytes, int]:
+    """The snapshot event of the kept events from ``position`` on (``b""``: none) and the
+    position the reply goes on from."""
+    if isinstance(where, Here):
+        frames = where.stream.log.read(position)
+    else:
+        try:
+            frames = _shared(shared).events.kept(number, position)
+        except CannotTell:
+            raise unavailable() from None
+    event, covered = fold(number, frames)
+    return event, position + covered
 
 
 def stop(registry: StreamRegistry, shared: SharedState | None, number: int, owner: str) -> None:

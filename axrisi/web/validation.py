@@ -92,7 +92,18 @@ def _fields(body: dict[str, Any], max_text_chars: int) -> RunRequest:
         raise _too_large(f"The text must be at most {max_text_chars} characters long.")
     optional = {name: _string(body, name, required=name in CATALOG[command].requires)
                 for name in MAX_SHORT_FIELD_CHARS}
-    return RunRequest(command=command, text=text, **optional)
+    return RunRequest(command=command, text=text, **optional,
+                      background=_boolean(body, "background"),
+                      reasoning=_boolean(body, "reasoning"))
+
+
+def _boolean(body: dict[str, Any], name: str) -> bool:
+    """An optional flag: absent is false; anything but a JSON boolean is an error (a string
+    ``"false"`` would otherwise read as true)."""
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise _invalid(f"The field '{name}' must be true or false.")
+    return value
 
 
 def _string(body: dict[str, Any], name: str, required: bool) -> str | None:

@@ -11,30 +11,40 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import jsonutil
 from . import sse
 
 
 def fold(stream_id: int, frames: list[bytes]) -> tuple[bytes, int]:
     """The snapshot event for ``frames`` (the kept events from a resume's position on) and how
     many of them it covers; ``(b"", 0)`` when they hold no title and no content. The terminal
-    event is never folded: it follows the snapshot as usual."""
+    event is never folded: it follows the snapshot as usual.
+
+    Each frame is read where :func:`sse.event` put its parts (an ``event:`` line only on
+    errors, one ``data:`` line last), not parsed line by line: a 2,000-event answer is folded
+    in about a millisecond.
+    """
     title: str | None = None
     content: list[str] = []
     reasoning: list[str] = []
-    covered, last_id = 0, ""
+    covered = 0
     for frame in frames:
-        event_id, name, data = sse.parse(frame)
-        if name is not None or not isinstance(data, dict) or data.get("done"):
-            break  # the terminal event (done, or an error): the end of what can be folded
-        if "title" in data:
-            title = data["title"]
-        elif "content" in data:
+        data_at = frame.find(b"\ndata: ") + 7
+        if frame.find(b"\nevent: ", 0, data_at) >= 0:
+            break  # an error: the terminal event
+        data = jsonutil.loads(frame[data_at:])
+        if "content" in data:
             content.append(data["content"])
+        elif "title" in data:
+            title = data["title"]
         elif "reasoning" in data:
             reasoning.append(data["reasoning"])
-        covered, last_id = covered + 1, event_id
+        elif data.get("done"):
+            break
+        covered += 1
     if title is None and not content:
         return b"", 0
+    last_id = sse.parse(frames[covered - 1])[0]
     return sse.event(last_id, {"snapshot": _folded(title, content, reasoning),
                                "commandId": stream_id}), covered
 

@@ -3,6 +3,7 @@
 The state moves only through :class:`~axrisi.stream.registry.StreamRegistry`'s methods:
 
     GENERATING ──last client gone, grace > 0──▶ IN_GRACE ──a client back──▶ GENERATING
+        │        (never for a background stream)
         │                                         │
         │ terminal event written (done, error, cancelled: the generation ends)
         ▼                                         ▼
@@ -23,7 +24,8 @@ from .generation import Generation
 
 class StreamState(Enum):
     GENERATING = "generating"
-    """The model is being read; at least one client is attached (or the grace is 0)."""
+    """The model is being read; at least one client is attached (or the grace is 0, or it is a
+    background stream, which nobody need read)."""
     IN_GRACE = "in_grace"
     """The model is being read with no client attached, until the grace runs out."""
     ENDED = "ended"

@@ -86,10 +86,41 @@ export interface ContentPayload {
   readonly [field: string]: unknown;
 }
 
+/** A reasoning event's data (with `reasoning: true`): the model's thinking, in order, never the answer. */
+export interface ReasoningPayload {
+  reasoning: string;
+  commandId: number;
+  readonly [field: string]: unknown;
+}
+
+/** What a snapshot folds: the title (when its event was folded), the content, the reasoning. */
+export interface Snapshot {
+  /** Present when the title event is among the folded events. */
+  title?: string;
+  /** The folded content events' `content`, joined. */
+  content: string;
+  /** Present when reasoning events were folded: their `reasoning`, joined. */
+  reasoning?: string;
+  readonly [field: string]: unknown;
+}
+
+/**
+ * The data of a resume's catch-up event (`?catchup=snapshot`): the kept events after the resume's
+ * position folded into one, carrying the id of the last one it covers.
+ */
+export interface SnapshotPayload {
+  snapshot: Snapshot;
+  commandId: number;
+  readonly [field: string]: unknown;
+}
+
 /** Token counts of a finished stream, as the upstream reported them. */
 export interface Usage {
   promptTokens: number;
+  /** The answer's tokens, the reasoning's included. */
   completionTokens: number;
+  /** The reasoning's tokens, where the upstream reports them. */
+  reasoningTokens?: number;
   readonly [field: string]: unknown;
 }
 
@@ -117,7 +148,13 @@ export interface ErrorPayload {
  * Any event's data, for readers of {@link streamEvents}:
  * `const payload = JSON.parse(event.data) as StreamPayload`.
  */
-export type StreamPayload = TitlePayload | ContentPayload | DonePayload | ErrorPayload;
+export type StreamPayload =
+  | TitlePayload
+  | ContentPayload
+  | ReasoningPayload
+  | SnapshotPayload
+  | DonePayload
+  | ErrorPayload;
 
 // ---- Errors ----------------------------------------------------------------------------------------
 
@@ -167,6 +204,7 @@ export interface AxrisiErrorDetails {
 export interface PartialResult {
   title: string;
   content: string;
+  reasoning: string;
   commandId: number | null;
 }
 
@@ -232,6 +270,22 @@ export interface StreamOptions {
   /** The instruction (`custom`). */
   instruction?: string | undefined;
   /**
+   * `true`: the service generates the answer to its end whether or not anyone reads it; find it
+   * later with {@link listStreams}, read it with {@link resumeStream}. Sent only when `true`.
+   */
+  background?: boolean | undefined;
+  /**
+   * `true`: relay a reasoning model's thinking as reasoning events (`onReasoning`); the content
+   * stays exactly the answer. Sent only when `true`.
+   */
+  reasoning?: boolean | undefined;
+  /**
+   * Resume with `?catchup=snapshot`: what was missed while disconnected comes as one
+   * {@link SnapshotPayload} event. Default: on for {@link streamCommand}, {@link resumeStream} and
+   * {@link resumePending} (which apply it to their callbacks), off for {@link streamEvents}.
+   */
+  snapshot?: boolean | undefined;
+  /**
    * Aborting cancels the request (the server closes its upstream); the call rejects with its
    * reason. Once the stream's id is known it also sends `DELETE /api/streams/<streamId>`.
    */
@@ -260,15 +314,26 @@ export interface StreamOptions {
  * The options of {@link StreamOptions} a resumed stream takes too: how to reach the service, and
  * how to follow the connection.
  */
-export type ConnectionOptions = Omit<StreamOptions, "command" | "text" | "title" | "language" | "instruction">;
+export type ConnectionOptions = Omit<
+  StreamOptions,
+  "command" | "text" | "title" | "language" | "instruction" | "background" | "reasoning"
+>;
 
 /**
  * The options {@link streamCommand} adds to {@link StreamOptions} that a resumed stream takes too:
  * the callbacks but `onTitle`, and `persist`.
  */
 export interface CommandOptions {
-  /** Each content event: the piece, and the whole content so far (from before a stop too). */
+  /**
+   * Each content event: the piece, and the whole content so far (from before a stop too). A
+   * snapshot's content comes as one piece, with `{content, commandId}` as its payload.
+   */
   onContent?: ((piece: string, content: string, payload: ContentPayload) => void) | undefined;
+  /**
+   * Each reasoning event (`reasoning: true`): the piece, and the whole reasoning so far. A
+   * snapshot's reasoning comes as one piece, with `{reasoning, commandId}` as its payload.
+   */
+  onReasoning?: ((piece: string, reasoning: string, payload: ReasoningPayload) => void) | undefined;
   /** The terminal `done` event. */
   onDone?: ((payload: DonePayload, result: StreamResult) => void) | undefined;
   /** An HTTP error, a terminal `event: error`, or a connection that could not be resumed (not an abort). */
@@ -276,8 +341,8 @@ export interface CommandOptions {
   /** Every raw event, before the other callbacks. */
   onEvent?: ((event: SSEEvent) => void) | undefined;
   /**
-   * Keep the running stream in `chrome.storage.session` (its id, last event id, title and content
-   * so far, `command`, `baseUrl`, `tag`; never the text, the token or the headers) so that
+   * Keep the running stream in `chrome.storage.session` (its id, last event id, title, content and
+   * reasoning so far, `command`, `baseUrl`, `tag`; never the text, the token or the headers) so that
    * {@link resumePending} can take it up after the extension's service worker was stopped; the
    * entry is removed when the call settles. Default: on in an extension's service worker (and for
    * a resumed stream), off elsewhere; `true` wherever `chrome.storage.session` exists.
@@ -287,7 +352,7 @@ export interface CommandOptions {
 
 /** Options of {@link streamCommand} and {@link StreamProcessor.run}: the stream's and callbacks. */
 export interface StreamCommandOptions extends StreamOptions, CommandOptions {
-  /** The first event's title. */
+  /** The first event's title (or a snapshot's, after a resume from before it). */
   onTitle?: ((title: string, payload: TitlePayload) => void) | undefined;
   /**
    * Any JSON value kept with the stream's `chrome.storage.session` entry (see `persist`), for the
@@ -304,8 +369,57 @@ export interface StreamCommandOptions extends StreamOptions, CommandOptions {
 export interface ResumeOptions extends ConnectionOptions, CommandOptions {}
 
 /**
- * A stream kept in `chrome.storage.session` that has not ended. `title`, `content` and
- * `commandId` are what had arrived up to `lastEventId`, the id its resume continues from.
+ * Options of {@link resumeStream}: how to reach the service and the callbacks, with the id of the
+ * stream to read from its start, `onTitle` (the title comes in the snapshot) and `tag` (kept with
+ * the stream's entry where `persist` is on).
+ */
+export interface ResumeStreamOptions extends ResumeOptions {
+  /** The stream's id: a {@link StreamEntry}'s `streamId`, or the part of an event id before its last `-`. */
+  streamId: string;
+  /** The stream's title, from the snapshot. */
+  onTitle?: ((title: string, payload: TitlePayload) => void) | undefined;
+  /** Any JSON value kept with the stream's `chrome.storage.session` entry (see `persist`). */
+  tag?: unknown;
+}
+
+/** Options of {@link listStreams}. */
+export interface ListOptions {
+  /** The service's origin; defaults to the current origin. Required in extension service workers. */
+  baseUrl?: string | undefined;
+  /** The bearer JWT, or a function that returns it. */
+  token: string | (() => string | Promise<string>);
+  /** Aborting cancels the request; the call rejects with its reason. */
+  signal?: AbortSignal | undefined;
+  /** Extra request headers (e.g. `X-Request-ID`). */
+  headers?: Record<string, string> | undefined;
+  /** The fetch function to use (defaults to the global one). */
+  fetch?: typeof fetch | undefined;
+}
+
+/** Where a listed stream is: generating, or how it ended. */
+export type StreamState = "running" | "done" | "error" | "cancelled";
+
+/** One of the caller's streams, as `GET /api/streams` lists it. */
+export interface StreamEntry {
+  /** The id to give {@link resumeStream}: the stream's `commandId`, as a string. */
+  streamId: string;
+  /** The command it runs. */
+  command: CommandName;
+  /** Its title event's title. */
+  title: string;
+  state: StreamState | (string & {});
+  /** When it started, in milliseconds since the epoch. */
+  startedAt: number;
+  /** The id of the newest event kept so far. */
+  lastEventId: string;
+  /** Whether it was started with `background: true`. */
+  background: boolean;
+  readonly [field: string]: unknown;
+}
+
+/**
+ * A stream kept in `chrome.storage.session` that has not ended. `title`, `content`, `reasoning`
+ * and `commandId` are what had arrived up to `lastEventId`, the id its resume continues from.
  */
 export interface PendingStream {
   streamId: string;
@@ -316,6 +430,8 @@ export interface PendingStream {
   command: CommandName;
   title: string;
   content: string;
+  /** `""` unless the stream relays reasoning. */
+  reasoning: string;
   commandId: number | null;
   /** The `tag` given to {@link streamCommand}, or `null`. */
   tag: unknown;
@@ -344,6 +460,8 @@ export interface StreamResult {
   title: string;
   /** Every content event's `content`, joined in order: the model's output. */
   content: string;
+  /** Every reasoning event's `reasoning`, joined in order (`""` without `reasoning: true`). */
+  reasoning: string;
   /** The terminal event's data. */
   done: DonePayload;
   /** The stream's command id. */
@@ -364,6 +482,24 @@ export declare function streamEvents(options: StreamOptions): AsyncGenerator<SSE
  * with the signal's reason.
  */
 export declare function streamCommand(options: StreamCommandOptions): Promise<StreamResult>;
+
+/**
+ * The caller's streams that can still be read (`GET /api/streams`): running, or ended within the
+ * service's resume TTL, newest first, at most 50. Rejects with an {@link AxrisiError} for an HTTP
+ * error answer (`unavailable` with `retryAfter` when the service cannot tell), for no answer
+ * (`network_error`) or an answer that is not the list (`bad_response`); on abort, the signal's
+ * reason.
+ */
+export declare function listStreams(options: ListOptions): Promise<StreamEntry[]>;
+
+/**
+ * Read one of the caller's streams from its start with `?catchup=snapshot`: what the service kept
+ * comes as one snapshot (its title to `onTitle`, its reasoning and content to `onReasoning` and
+ * `onContent` as one piece each), then the rest live; the callbacks see the whole answer once.
+ * Settles as {@link streamCommand} does. Aborting stops the stream on the service unless
+ * `stopOnAbort: false`.
+ */
+export declare function resumeStream(options: ResumeStreamOptions): Promise<StreamResult>;
 
 /**
  * Every stream kept in `chrome.storage.session` that has not ended, oldest first (those running

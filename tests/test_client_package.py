@@ -78,7 +78,7 @@ def test_declarations_never_say_any() -> None:
     code = re.sub(r"//[^\n]*", "", code)
     assert not re.search(r"\bany\b", code)
     assert "unknown" in code
-    assert len(declared_exports()) == 13
+    assert len(declared_exports()) == 15
 
 
 # ---- With Node.js and npm --------------------------------------------------------------------

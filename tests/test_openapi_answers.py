@@ -140,7 +140,7 @@ def draining(provoke: Provoke) -> Provoke:
 
 
 AUTHENTICATED = [("GET", "/api/commands", "/api/commands"), ("GET", "/api/usage", "/api/usage"),
-                 ("POST", "/api/run", "/api/run"),
+                 ("POST", "/api/run", "/api/run"), ("GET", "/api/streams", "/api/streams"),
                  ("GET", "/api/streams/1", "/api/streams/{streamId}"),
                  ("DELETE", "/api/streams/1", "/api/streams/{streamId}")]
 
@@ -198,6 +198,12 @@ def stream_cases() -> list[Case]:
              request("GET", "/api/streams/1", headers={"Last-Event-ID": "2-0"})),
         Case("resume lastEventId twice", *resume, 400, "invalid_request",
              request("GET", "/api/streams/1?lastEventId=1-0&lastEventId=1-1")),
+        Case("resume catchup not snapshot", *resume, 400, "invalid_request",
+             request("GET", "/api/streams/1?catchup=events")),
+        Case("resume catchup twice", *resume, 400, "invalid_request",
+             request("GET", "/api/streams/1?catchup=snapshot&catchup=snapshot")),
+        Case("resume unknown with catchup", *resume, 404, "not_found",
+             request("GET", "/api/streams/1?catchup=snapshot")),
         Case("stop unknown", *stop, 404, "not_found", request("DELETE", "/api/streams/1")),
     ]
 
@@ -210,7 +216,8 @@ def plain_cases() -> list[Case]:
                     request("GET", path, token=token), settings)
 
     return [
-        get("/api/commands", token=True), get("/api/usage", token=True), get("/healthz"),
+        get("/api/commands", token=True), get("/api/usage", token=True),
+        get("/api/streams", token=True), get("/healthz"),
         get("/readyz"), get("/openapi.json"), get("/metrics"),
         get("/metrics", 401, "unauthorized", metrics_token="m" * 32),
         Case("GET /readyz draining", "GET", "/readyz", 503, None,
@@ -221,11 +228,12 @@ def plain_cases() -> list[Case]:
 CASES = auth_cases() + run_cases() + stream_cases() + plain_cases()
 ELSEWHERE = {
     ("POST", "/api/run"): {"200"},
+    ("GET", "/api/streams"): {"503"},
     ("GET", "/api/streams/{streamId}"): {"200", "204", "503"},
     ("DELETE", "/api/streams/{streamId}"): {"204", "503"},
 }
 """Answers that need a stream or Redis: the e2e tests provoke them (test_openapi, test_resume,
-test_stop, test_redis_faults)."""
+test_stop, test_redis_faults; the stream list's 503 and its entries: test_openapi)."""
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

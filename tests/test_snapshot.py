@@ -42,3 +42,13 @@ def test_nothing_to_fold_before_the_end_or_an_error() -> None:
 
 def test_reasoning_alone_is_not_a_snapshot() -> None:
     assert fold(7, STREAM[1:2]) == (b"", 0)
+
+
+def test_an_event_it_does_not_know_ends_the_fold() -> None:
+    """A kind of event added later is replayed as it is, never folded away."""
+    stream = frames(({"title": "T", "commandId": 7}, None),
+                    ({"content": "a", "commandId": 7}, None),
+                    ({"tool": "x", "commandId": 7}, None),
+                    ({"content": "b", "commandId": 7}, None))
+    event, covered = fold(7, stream)
+    assert covered == 2 and sse.parse(event)[0] == "7-1"

@@ -2,9 +2,14 @@
 // Markdown while it arrives. Model output is untrusted: marked turns it into HTML, DOMPurify
 // removes every script, event handler attribute and javascript: URL from that HTML before it
 // touches the page, and the page's Content-Security-Policy (script-src 'self') would stop an
-// injected script even if the sanitizer missed one.
+// injected script even if the sanitizer missed one. A reasoning model's thinking ("Show
+// reasoning") is shown folded above the answer as plain text (textContent), never as markup.
+//
+// "Your streams" lists the user's running and recent streams (GET /api/streams); Reopen reads
+// one from its start (resumeStream: one snapshot event, then live), so an answer started with
+// "Keep generating in the background" can be read after leaving the page and coming back.
 
-import { AxrisiError, streamCommand } from "./axrisi-client.js";
+import { AxrisiError, listStreams, resumeStream, streamCommand } from "./axrisi-client.js";
 import { marked } from "./vendor/marked.esm.js";
 import DOMPurify from "./vendor/purify.es.mjs";
 
@@ -32,6 +37,13 @@ const ui = {
   quota: $("quota"),
   answer: $("answer"),
   answerTitle: $("answer-title"),
+  showReasoning: $("show-reasoning"),
+  background: $("background"),
+  reasoning: $("reasoning"),
+  reasoningText: $("reasoning-text"),
+  streams: $("streams"),
+  streamsStatus: $("streams-status"),
+  refreshStreams: $("refresh-streams"),
 };
 
 const SANITIZE = {
@@ -59,13 +71,17 @@ let catalog = new Map();
 let controller = null;
 let run = null;
 
+const isRunning = (state) => state === "connecting" || state === "streaming";
+
 function setState(state, message = "") {
   ui.state.textContent = state;
   ui.state.dataset.state = state;
   document.body.dataset.state = state;
-  const running = state === "connecting" || state === "streaming";
+  const running = isRunning(state);
   ui.start.disabled = running;
   ui.stop.disabled = !running;
+  // One answer at a time: Stop (or its end) first, as for Start.
+  for (const button of ui.streams.querySelectorAll("button")) button.disabled = running;
   ui.answer.setAttribute("aria-busy", running ? "true" : "false");
   ui.error.hidden = !message;
   ui.error.textContent = message;
@@ -97,6 +113,7 @@ async function loadCatalog() {
     }
     fillCatalog(body.commands || []);
     showQuota();
+    refreshStreams();
   } catch {
     catalogToken = null;
     ui.commandHelp.textContent = "Could not reach the server to load the commands.";
@@ -179,11 +196,34 @@ function start() {
     missing[0].focus();
     return;
   }
+  const command = ui.command.value;
+  const requires = new Set(catalog.get(command)?.requires || []);
+  follow((callbacks) => streamCommand({
+    ...callbacks,
+    command,
+    text: ui.text.value,
+    title: ui.title.value.trim() || undefined,
+    language: requires.has("language") ? ui.language.value.trim() : undefined,
+    instruction: requires.has("instruction") ? ui.instruction.value.trim() : undefined,
+    reasoning: ui.showReasoning.checked || undefined,
+    background: ui.background.checked || undefined,
+  }));
+}
+
+/** Read one of the user's streams from its start: one snapshot, then live (GET /api/streams/<id>). */
+function reopen(streamId) {
+  if (!ui.token.value.trim()) return;
+  follow((callbacks) => resumeStream({ ...callbacks, streamId }));
+}
+
+/**
+ * Show a stream in the answer area: `open(callbacks)` starts or reopens it with the page's
+ * callbacks (and its token, origin and abort signal) and returns its promise.
+ */
+function follow(open) {
   controller?.abort();
   controller = new AbortController();
   const mine = controller;
-  const command = ui.command.value;
-  const requires = new Set(catalog.get(command)?.requires || []);
   const started = performance.now();
   let firstAt = 0;
   let count = 0;
@@ -200,9 +240,16 @@ function start() {
       requestAnimationFrame(render);
     }
   };
+  const showReasoning = (reasoning) => {
+    if (mine !== controller) return;
+    ui.reasoning.hidden = !reasoning;
+    ui.reasoningText.textContent = reasoning;
+  };
 
   ui.answer.replaceChildren();
   ui.answerTitle.textContent = "";
+  showReasoning("");
+  ui.reasoning.open = false;
   ui.ttft.textContent = "–";
   ui.tps.textContent = "–";
   ui.events.textContent = "0";
@@ -210,17 +257,17 @@ function start() {
   ui.usage.textContent = "–";
   setState("connecting");
 
-  run = streamCommand({
+  run = open({
     baseUrl: location.origin,
     token: ui.token.value.trim(),
-    command,
-    text: ui.text.value,
-    title: ui.title.value.trim() || undefined,
-    language: requires.has("language") ? ui.language.value.trim() : undefined,
-    instruction: requires.has("instruction") ? ui.instruction.value.trim() : undefined,
     signal: mine.signal,
     onOpen: () => { if (mine === controller) setState("streaming"); },
-    onTitle: (title) => { ui.answerTitle.textContent = title; },
+    onTitle: (title) => {
+      if (mine !== controller) return;
+      ui.answerTitle.textContent = title;
+      refreshStreams(); // It is listed now.
+    },
+    onReasoning: (_piece, soFar) => showReasoning(soFar),
     onContent: (_piece, soFar) => {
       const now = performance.now();
       count += 1;
@@ -237,17 +284,21 @@ function start() {
     onDone: (payload, result) => {
       content = result.content;
       render();
+      showReasoning(result.reasoning);
       if (count === 1 || performance.now() <= firstAt) ui.tps.textContent = String(count);
       if (typeof payload.model === "string") ui.model.textContent = payload.model;
       const usage = payload.usage;
       if (usage) ui.usage.textContent = `${usage.promptTokens} + ${usage.completionTokens}`;
       setState("done");
       showQuota();
+      refreshStreams();
     },
     onError: (error) => {
       content = error.partial?.content ?? content;
       render();
+      if (error.partial) showReasoning(error.partial.reasoning);
       setState("error", `${error.error} (${error.code})`);
+      refreshStreams();
     },
   });
   run.catch((error) => {
@@ -260,6 +311,56 @@ function stop() {
   if (!controller || controller.signal.aborted) return;
   controller.abort();
   setState("stopped");
+  refreshStreams();
+}
+
+// ---- The user's streams (GET /api/streams) ----------------------------------------------------
+
+let listing = 0;
+
+/** List the user's running and recent streams, each with a Reopen button. */
+async function refreshStreams() {
+  const token = ui.token.value.trim();
+  if (!token) return;
+  const mine = ++listing;
+  let streams;
+  try {
+    streams = await listStreams({ baseUrl: location.origin, token });
+  } catch (error) {
+    if (mine !== listing) return;
+    const why = error instanceof AxrisiError ? `${error.error} (${error.code})` : String(error);
+    ui.streamsStatus.textContent = `Could not list your streams: ${why}`;
+    return;
+  }
+  if (mine !== listing) return; // A later refresh answered first, or will.
+  const running = isRunning(ui.state.dataset.state);
+  ui.streams.replaceChildren(...streams.map((stream) => streamItem(stream, running)));
+  ui.streamsStatus.textContent = streams.length === 0
+    ? "No streams yet: the ones you start are listed here while they can be read again."
+    : `${streams.length} stream${streams.length === 1 ? "" : "s"}, newest first.`;
+}
+
+function streamItem(stream, running) {
+  const item = document.createElement("li");
+  item.dataset.streamId = stream.streamId;
+  item.dataset.state = stream.state;
+  const title = document.createElement("span");
+  title.className = "stream-title";
+  title.textContent = stream.title || stream.command;
+  const meta = document.createElement("span");
+  meta.className = "stream-meta";
+  const when = new Date(stream.startedAt).toLocaleTimeString();
+  meta.textContent = [stream.command, stream.state, stream.background ? "background" : "", when]
+    .filter(Boolean).join(" · ");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "secondary reopen";
+  button.textContent = "Reopen";
+  button.setAttribute("aria-label", `Reopen “${title.textContent}” (${stream.state})`);
+  button.disabled = running;
+  button.addEventListener("click", () => reopen(stream.streamId));
+  item.append(title, meta, button);
+  return item;
 }
 
 ui.form.addEventListener("submit", (event) => {
@@ -267,6 +368,7 @@ ui.form.addEventListener("submit", (event) => {
   start();
 });
 ui.stop.addEventListener("click", stop);
+ui.refreshStreams.addEventListener("click", refreshStreams);
 
 // ---- Start-up -------------------------------------------------------------------------------
 

@@ -39,8 +39,8 @@ def fold(stream_id: int, frames: list[bytes]) -> tuple[bytes, int]:
             title = data["title"]
         elif "reasoning" in data:
             reasoning.append(data["reasoning"])
-        elif data.get("done"):
-            break
+        else:
+            break  # the done event, or one this fold does not know: replayed as it is
         covered += 1
     if title is None and not content:
         return b"", 0

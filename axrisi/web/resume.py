@@ -112,7 +112,8 @@ def wants_snapshot(catchup: list[str]) -> bool:
     if not catchup:
         return False
     if catchup != ["snapshot"]:
-        raise ApiError(400, "invalid_request", "catchup must be 'snapshot' (given once).")
+        raise ApiError(400, "invalid_request",
+                       "The parameter 'catchup' must be 'snapshot', given once.")
     return True
 
 

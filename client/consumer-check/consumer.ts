@@ -14,8 +14,10 @@ import {
   STREAM_KEY_PREFIX,
   StreamProcessor,
   isTerminal,
+  listStreams,
   pendingStreams,
   resumePending,
+  resumeStream,
   streamCommand,
   streamEvents,
   streamOf,
@@ -31,21 +33,28 @@ import type {
   DonePayload,
   ErrorPayload,
   HttpErrorCode,
+  ListOptions,
   OpenInfo,
   PartialResult,
   PendingStream,
+  ReasoningPayload,
   ReconnectInfo,
   ResumeChooser,
   ResumedStream,
   ResumeOptions,
+  ResumeStreamOptions,
+  Snapshot,
+  SnapshotPayload,
   SSEEvent,
   SSEParserHooks,
   StreamCommandOptions,
+  StreamEntry,
   StreamErrorCode,
   StreamOptions,
   StreamPayload,
   StreamProcessorOptions,
   StreamResult,
+  StreamState,
   TitlePayload,
   Usage,
 } from "axrisi-client";
@@ -126,6 +135,25 @@ type Surface = {
   resumeOnError: ResumeOptions["onError"];
   connectionOptions: ConnectionOptions;
   commandOptions: CommandOptions;
+  onReasoning: StreamCommandOptions["onReasoning"];
+  resultReasoning: StreamResult["reasoning"];
+  background: StreamOptions["background"];
+  reasoning: StreamOptions["reasoning"];
+  snapshot: StreamOptions["snapshot"];
+  reasoningPayload: ReasoningPayload;
+  snapshotPayload: SnapshotPayload;
+  snapshotFolded: Snapshot;
+  reasoningTokens: Usage["reasoningTokens"];
+  listStreamsArg: Parameters<typeof listStreams>[0];
+  listStreamsResult: Awaited<ReturnType<typeof listStreams>>;
+  streamEntry: StreamEntry;
+  streamEntryState: StreamEntry["state"];
+  listOptions: ListOptions;
+  resumeStreamArg: Parameters<typeof resumeStream>[0];
+  resumeStreamResult: Awaited<ReturnType<typeof resumeStream>>;
+  resumeStreamOnTitle: ResumeStreamOptions["onTitle"];
+  pendingReasoning: PendingStream["reasoning"];
+  partialReasoning: PartialResult["reasoning"];
 };
 type AnyInSurface = { [K in keyof Surface]: IsAny<Surface[K]> extends true ? K : never }[keyof Surface];
 export const noAnyInSurface: Expect<Equal<AnyInSurface, never>> = true;
@@ -146,6 +174,16 @@ export type PreciseTypes = [
   Expect<Equal<Parameters<typeof resumePending>[0], ResumeChooser>>,
   Expect<Equal<PendingStream["tag"], unknown>>,
   Expect<Equal<ResumeOptions["baseUrl"], string | undefined>>,
+  Expect<Equal<Awaited<ReturnType<typeof listStreams>>, StreamEntry[]>>,
+  Expect<Equal<Parameters<typeof listStreams>[0], ListOptions>>,
+  Expect<Equal<Awaited<ReturnType<typeof resumeStream>>, StreamResult>>,
+  Expect<Equal<Parameters<typeof resumeStream>[0], ResumeStreamOptions>>,
+  Expect<Equal<StreamEntry["streamId"], string>>,
+  Expect<Equal<StreamEntry["background"], boolean>>,
+  Expect<Equal<StreamResult["reasoning"], string>>,
+  Expect<Equal<Usage["reasoningTokens"], number | undefined>>,
+  Expect<Equal<SnapshotPayload["snapshot"], Snapshot>>,
+  Expect<Equal<Snapshot["content"], string>>,
 ];
 
 // ---- The parser -----------------------------------------------------------------------------
@@ -371,4 +409,88 @@ export async function survive(controller: AbortController): Promise<string[]> {
   const tagged: { id: string } = kept[0]?.tag;
   void tagged;
   return keys;
+}
+
+// ---- Reasoning, the caller's streams, reopening one with a snapshot ------------------------------
+
+function isSnapshot(payload: StreamPayload): payload is SnapshotPayload {
+  return typeof payload["snapshot"] === "object" && payload["snapshot"] !== null;
+}
+
+export async function think(controller: AbortController): Promise<[string, string]> {
+  const result: StreamResult = await streamCommand({
+    token,
+    command: "explain",
+    text: "Why is the sky blue?",
+    reasoning: true,
+    background: true,
+    onReasoning: (piece: string, soFar: string, payload: ReasoningPayload) => {
+      render(`<details>${soFar}</details>`);
+      void [piece.length, payload.reasoning.length, payload.commandId.toFixed(0)];
+    },
+    onDone: (payload: DonePayload) => {
+      const thought: number | undefined = payload.usage?.reasoningTokens;
+      void thought;
+    },
+    signal: controller.signal,
+  });
+  // @ts-expect-error the flags are booleans
+  void streamCommand({ token, command: "summarize", text: "x", reasoning: "yes" });
+  // @ts-expect-error onReasoning's second argument is the reasoning so far, a string
+  void streamCommand({ token, command: "summarize", text: "x", onReasoning: (piece: string, soFar: number) => void [piece, soFar] });
+  // @ts-expect-error a resumed stream cannot ask for reasoning: that is chosen when it starts
+  void resumePending({ token, reasoning: true });
+  return [result.reasoning, result.content];
+}
+
+export async function reopen(controller: AbortController): Promise<StreamResult | null> {
+  const listing: ListOptions = { baseUrl: "https://axrisi.example", token: async () => token,
+    signal: controller.signal, headers: { "X-Request-ID": "consumer-check" } };
+  let streams: StreamEntry[];
+  try {
+    streams = await listStreams(listing);
+  } catch (error) {
+    if (error instanceof AxrisiError && error.code === "unavailable") return null;
+    throw error;
+  }
+  const running: StreamEntry[] = streams.filter((entry) => entry.state === ("running" satisfies StreamState));
+  const newest: StreamEntry | undefined = running[0] ?? streams[0];
+  if (!newest) return null;
+  const started: Date = new Date(newest.startedAt);
+  void [started, newest.title, newest.command, newest.lastEventId, newest.background];
+  const options: ResumeStreamOptions = {
+    baseUrl: "https://axrisi.example",
+    token,
+    streamId: newest.streamId,
+    stopOnAbort: !newest.background,
+    signal: controller.signal,
+    tag: { reopened: newest.streamId },
+    onTitle: (title: string, payload: TitlePayload) => render(`# ${title} (${payload.commandId})`),
+    onReasoning: (piece: string, soFar: string) => render(soFar + piece),
+    onContent: (piece: string, soFar: string, payload: ContentPayload) => render(soFar + piece + payload.content),
+    onEvent: (event: SSEEvent) => {
+      const payload = JSON.parse(event.data) as StreamPayload;
+      if (isSnapshot(payload)) {
+        const folded: Snapshot = payload.snapshot;
+        const title: string | undefined = folded.title;
+        const thought: string | undefined = folded.reasoning;
+        render(`${title ?? ""}${thought ?? ""}${folded.content}`);
+      }
+    },
+  };
+  const result: StreamResult = await resumeStream(options);
+  // @ts-expect-error resumeStream needs the stream's id
+  void resumeStream({ token });
+  // @ts-expect-error it reads an existing stream: no text
+  void resumeStream({ token, streamId: newest.streamId, text: "x" });
+  // @ts-expect-error listStreams needs the token
+  void listStreams({ baseUrl: "https://axrisi.example" });
+  // @ts-expect-error an entry's startedAt is a number of milliseconds
+  const when: string = newest.startedAt;
+  void when;
+  // The raw iterator can ask for snapshots too.
+  for await (const event of streamEvents({ token, command: "summarize", text: "x", snapshot: true })) {
+    void event.id;
+  }
+  return result;
 }

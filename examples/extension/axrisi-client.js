@@ -12,8 +12,17 @@
 //
 // The wire format is the service's contract (shared/API.md): `POST /api/run` answers a stream of
 // Server-Sent Events, each `id: <streamId>-<n>` and one `data:` line of JSON: a title event, content
-// events, then exactly one terminal event (`{"done": true}` or `event: error`). A connection that
-// drops before the terminal event is resumed with `GET /api/streams/<streamId>` and `Last-Event-ID`.
+// events (after `reasoning` events, when the request asked for a reasoning model's thinking), then
+// exactly one terminal event (`{"done": true}` or `event: error`). A connection that drops before
+// the terminal event is resumed with `GET /api/streams/<streamId>` and `Last-Event-ID`; there
+// `streamCommand` asks for `?catchup=snapshot`, so that what was missed comes as one event
+// (`{"snapshot": {"title", "content", "reasoning"}}`) rather than one event per piece.
+//
+// `listStreams` lists the caller's running and recent streams (`GET /api/streams`), and
+// `resumeStream` reopens one of them, from the start, as one snapshot and then live:
+//
+//   const [newest] = await listStreams({ baseUrl, token });
+//   await resumeStream({ baseUrl, token, streamId: newest.streamId, onContent, onReasoning });
 //
 // In an MV3 extension, Chrome may stop the service worker mid-stream (and its fetch with it). There
 // `streamCommand` keeps each running stream's id, last event id and what arrived so far in
@@ -265,7 +274,7 @@ export class AxrisiError extends Error {
     this.requestId = requestId;
     /**
      * What had arrived before the error; set by streamCommand.
-     * @type {{title: string, content: string, commandId: number|null}|null}
+     * @type {{title: string, content: string, reasoning: string, commandId: number|null}|null}
      */
     this.partial = null;
   }
@@ -283,6 +292,16 @@ export class AxrisiError extends Error {
  * @property {string} [title]  The source's title.
  * @property {string} [language]  The target language (`translate`).
  * @property {string} [instruction]  The instruction (`custom`).
+ * @property {boolean} [background]  `true`: the service generates the answer to its end whether
+ *   or not anyone reads it (for `AXRISI_BACKGROUND_MAX_SECONDS` at most); it can be found later
+ *   with {@link listStreams} and read with {@link resumeStream}. Sent only when `true`.
+ * @property {boolean} [reasoning]  `true`: relay a reasoning model's thinking as `reasoning`
+ *   events (`onReasoning`); the content stays exactly the answer. Sent only when `true`.
+ * @property {boolean} [snapshot]  Resume with `?catchup=snapshot`: the events missed while
+ *   disconnected come as one event `{"snapshot": {"title"?, "content", "reasoning"?},
+ *   "commandId"}` carrying the id of the last event it covers. Default: on for
+ *   {@link streamCommand}, {@link resumeStream} and {@link resumePending}, which apply it; off for
+ *   {@link streamEvents}, whose consumer sees the raw events.
  * @property {AbortSignal} [signal]  Aborting stops reading and cancels the request, so the
  *   server closes its upstream; the promise then rejects with the signal's reason. Once the
  *   stream's id is known, aborting also sends `DELETE /api/streams/<streamId>` (see
@@ -324,25 +343,30 @@ export class AxrisiError extends Error {
  * }
  */
 export function streamEvents(options) {
-  return events(options, null);
+  return events(options, null, false);
 }
 
 /**
  * {@link streamEvents}, or with `from` the rest of a known stream: the first request is then a
- * resume after `from.lastEventId` (and `command`, `text` are not needed).
+ * resume after `from.lastEventId` (from its start when that is `""`; `command`, `text` are not
+ * needed).
  * @param {StreamOptions|ResumeOptions} options
  * @param {PendingStream|null} from
+ * @param {boolean} snapshot  Resume with `?catchup=snapshot` unless `options.snapshot` says.
  * @returns {AsyncGenerator<SSEEvent, void, undefined>}
  */
-async function* events(options, from) {
+async function* events(options, from, snapshot) {
   const opts = normalize(options, from);
+  const catchup = typeof opts.snapshot === "boolean" ? opts.snapshot : snapshot;
   const controller = new AbortController();
   const userSignal = opts.signal;
   let lastId = from ? from.lastEventId : "";
+  /** The stream's id: known from the start for a resume, else from the first event's id. */
+  const streamIdNow = () => streamOf(lastId) || (from ? from.streamId : "");
   let ended = false;
   const onUserAbort = () => {
     controller.abort(userSignal?.reason);
-    if (!ended && opts.stopOnAbort !== false) stopStream(opts, lastId);
+    if (!ended && opts.stopOnAbort !== false) stopStream(opts, streamIdNow());
   };
   if (userSignal) {
     if (userSignal.aborted) throw abortReason(userSignal);
@@ -359,7 +383,7 @@ async function* events(options, from) {
       let cause = null;
       try {
         const response = resumed
-          ? await resume(opts, lastId, controller.signal)
+          ? await resume(opts, streamIdNow(), lastId, catchup, controller.signal)
           : await start(opts, controller.signal);
         opts.onOpen?.({ status: response.status, resumed, requestId: requestIdOf(response) });
         const parser = new SSEParser({ onRetry: (ms) => { retryMs = ms; } });
@@ -403,7 +427,7 @@ async function* events(options, from) {
       if (controller.signal.aborted) throw abortReason(userSignal);
       if (!progressed) failures++;
       else failures = 1;
-      const streamId = streamOf(lastId);
+      const streamId = streamIdNow();
       if (!streamId || failures > opts.maxRetries) {
         if (cause instanceof AxrisiError) throw cause;
         throw new AxrisiError({
@@ -434,6 +458,8 @@ async function* events(options, from) {
  * @typedef {object} StreamResult
  * @property {string} title  The title event's title.
  * @property {string} content  Every content event's `content`, joined in order: the model's output.
+ * @property {string} reasoning  Every reasoning event's `reasoning`, joined in order: the model's
+ *   thinking (`""` unless the stream was started with `reasoning: true` by a reasoning model).
  * @property {Record<string, unknown>|null} done  The terminal event's payload (`{done: true,
  *   finishReason, usage, ...}`); `null` only while the stream runs.
  * @property {number|null} commandId  The stream's command id.
@@ -442,9 +468,10 @@ async function* events(options, from) {
 /**
  * Options of {@link streamCommand}: {@link StreamOptions}, callbacks, and persistence.
  *
- * `persist`: keep the running stream in `chrome.storage.session` (its id, last event id, title and
- * content so far, `command`, `baseUrl` and `tag`; never the text, the token or the headers), so
- * that {@link resumePending} can take it up after the extension's service worker was stopped.
+ * `persist`: keep the running stream in `chrome.storage.session` (its id, last event id, title,
+ * content and reasoning so far, `command`, `baseUrl` and `tag`; never the text, the token or the
+ * headers), so that {@link resumePending} can take it up after the extension's service worker
+ * was stopped.
  * The entry is removed when the call settles (done, error, abort). Default: on in an extension's
  * service worker where `chrome.storage.session` exists, off elsewhere; `true` turns it on wherever
  * `chrome.storage.session` exists (an extension page, say). `tag` is any JSON value kept with
@@ -452,6 +479,7 @@ async function* events(options, from) {
  * @typedef {StreamOptions & {
  *   onTitle?: (title: string, payload: Record<string, unknown>) => void,
  *   onContent?: (piece: string, content: string, payload: Record<string, unknown>) => void,
+ *   onReasoning?: (piece: string, reasoning: string, payload: Record<string, unknown>) => void,
  *   onDone?: (payload: Record<string, unknown>, result: StreamResult) => void,
  *   onError?: (error: AxrisiError) => void,
  *   onEvent?: (event: SSEEvent) => void,
@@ -465,14 +493,48 @@ async function* events(options, from) {
  * starts a stream, and without `onTitle` (the title came before the stop: it is the pending
  * stream's `title`). `baseUrl` defaults to the stream's. `persist` defaults to on, so that a stream
  * survives a second stop too.
- * @typedef {Omit<StreamCommandOptions,
- *   "command"|"text"|"title"|"language"|"instruction"|"tag"|"onTitle">} ResumeOptions
+ * @typedef {Omit<StreamCommandOptions, "command"|"text"|"title"|"language"|"instruction"
+ *   |"background"|"reasoning"|"tag"|"onTitle">} ResumeOptions
+ */
+
+/**
+ * Options of {@link resumeStream}: those of {@link resumePending} for one stream, with `onTitle`
+ * (the title comes in the snapshot), `tag` (kept with the stream, see `persist`) and the id of
+ * the stream to read.
+ * @typedef {ResumeOptions & {
+ *   streamId: string,
+ *   onTitle?: (title: string, payload: Record<string, unknown>) => void,
+ *   tag?: unknown,
+ * }} ResumeStreamOptions
+ */
+
+/**
+ * Options of {@link listStreams}.
+ * @typedef {object} ListOptions
+ * @property {string} [baseUrl]  The service's origin; defaults to the current origin.
+ * @property {string|(() => string|Promise<string>)} token  The bearer JWT, or a function that
+ *   returns it.
+ * @property {AbortSignal} [signal]  Aborting cancels the request; the call rejects with its reason.
+ * @property {Record<string, string>} [headers]  Extra request headers.
+ * @property {typeof fetch} [fetch]  The fetch function to use (defaults to the global one).
+ */
+
+/**
+ * One of the caller's streams, as `GET /api/streams` lists it.
+ * @typedef {object} StreamEntry
+ * @property {string} streamId  The id to give {@link resumeStream} (the `commandId`, as a string).
+ * @property {string} command  The command it runs.
+ * @property {string} title  Its title event's title.
+ * @property {string} state  `"running"`, `"done"`, `"error"` or `"cancelled"`.
+ * @property {number} startedAt  When it started, in milliseconds since the epoch.
+ * @property {string} lastEventId  The id of the newest event kept so far.
+ * @property {boolean} background  Whether it was started with `background: true`.
  */
 
 /**
  * A stream kept in `chrome.storage.session` that has not ended, as {@link pendingStreams} lists it.
- * `title`, `content` and `commandId` are what had arrived up to `lastEventId`, the id a resume
- * continues from.
+ * `title`, `content`, `reasoning` and `commandId` are what had arrived up to `lastEventId`, the id
+ * a resume continues from.
  * @typedef {object} PendingStream
  * @property {string} streamId
  * @property {string} lastEventId
@@ -480,6 +542,7 @@ async function* events(options, from) {
  * @property {string} command
  * @property {string} title
  * @property {string} content
+ * @property {string} reasoning
  * @property {number|null} commandId
  * @property {unknown} tag  The `tag` given to {@link streamCommand}, or `null`.
  * @property {number} startedAt  When the stream started (`Date.now()`).
@@ -498,11 +561,17 @@ async function* events(options, from) {
  * Run one command and stream its answer through callbacks; resolves with the whole result.
  *
  * Callbacks: `onTitle(title, payload)` for the first event; `onContent(piece, content, payload)`
- * for each content event with the text so far; `onDone(payload, result)` at the end; and
+ * for each content event with the text so far; `onReasoning(piece, reasoning, payload)` likewise
+ * for each reasoning event (with `reasoning: true`); `onDone(payload, result)` at the end; and
  * `onError(error)` with an {@link AxrisiError} (`{code, error, commandId, status, retryAfter}`)
  * for an HTTP error, a terminal `event: error` or a connection that could not be resumed. The
  * promise rejects with the same error (its `partial` holds what had arrived), or with the
  * signal's reason when aborted (then `onError` is not called: the caller stopped it).
+ *
+ * A dropped connection is resumed with `?catchup=snapshot` (unless `snapshot: false`): what was
+ * missed arrives as one snapshot event, which goes to the same callbacks as the events it folds
+ * (`onTitle` with its title, `onReasoning` and `onContent` with its reasoning and content as one
+ * piece each), so the callbacks see every piece of text once, in order.
  *
  * @param {StreamCommandOptions} options  See {@link StreamOptions}; `onEvent` sees every raw
  *   event first.
@@ -516,7 +585,82 @@ async function* events(options, from) {
  * });
  */
 export function streamCommand(options) {
-  return runCommand(options, null);
+  return runCommand(options, null, false);
+}
+
+/**
+ * The caller's streams that can still be read (`GET /api/streams`): running, or ended within the
+ * service's resume TTL, newest first, at most 50. Read one with {@link resumeStream}.
+ *
+ * Rejects with an {@link AxrisiError} for an HTTP error answer (`unauthorized`; `unavailable`,
+ * with `retryAfter`, when the service's shared store cannot tell), for no answer
+ * (`network_error`) and for an answer that is not the list (`bad_response`); on abort, with the
+ * signal's reason.
+ * @param {ListOptions} options
+ * @returns {Promise<StreamEntry[]>}
+ * @example
+ * const running = (await listStreams({ baseUrl, token })).filter((s) => s.state === "running");
+ */
+export async function listStreams(options) {
+  if (!options || typeof options !== "object") throw new TypeError("listStreams needs an options object.");
+  const baseUrl = baseUrlOf(options, null);
+  const fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+  const response = await send({ ...options, fetch: fetchImpl }, `${baseUrl}/api/streams`,
+    { method: "GET", headers: {} }, options.signal, "application/json");
+  /** @type {unknown} */
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    if (options.signal?.aborted) throw abortReason(options.signal);
+    body = null;
+  }
+  const streams = body !== null && typeof body === "object"
+    ? /** @type {{streams?: unknown}} */ (body).streams
+    : undefined;
+  if (!Array.isArray(streams)) {
+    throw new AxrisiError({
+      status: response.status,
+      code: "bad_response",
+      error: `The server answered ${response.status} without a list of streams.`,
+      requestId: requestIdOf(response),
+    });
+  }
+  return /** @type {StreamEntry[]} */ (streams);
+}
+
+/**
+ * Read one of the caller's streams from its start (a stream from {@link listStreams}, or one
+ * started elsewhere with `background: true`): `GET /api/streams/<streamId>?catchup=snapshot`.
+ * What the service kept arrives as one snapshot event (the title to `onTitle`, the reasoning and
+ * the content so far to `onReasoning` and `onContent` as one piece each), then the rest live, to
+ * its terminal event; the callbacks see the whole answer once, and the promise settles as
+ * {@link streamCommand}'s does. A stream that had ended gives its whole answer and its end at
+ * once; one the service no longer keeps rejects with `not_found`.
+ *
+ * Aborting sends `DELETE /api/streams/<streamId>` unless `stopOnAbort: false`: pass that to stop
+ * reading a background stream without stopping it.
+ * @param {ResumeStreamOptions} options
+ * @returns {Promise<StreamResult>}
+ * @example
+ * const [newest] = await listStreams({ baseUrl, token });
+ * if (newest) await resumeStream({ baseUrl, token, streamId: newest.streamId,
+ *   onTitle: showTitle, onContent: (piece, soFar) => render(soFar) });
+ */
+export async function resumeStream(options) {
+  if (!options || typeof options !== "object") throw new TypeError("resumeStream needs an options object.");
+  const streamId = String(options.streamId ?? "");
+  if (!/^[0-9]+$/.test(streamId)) {
+    throw new TypeError("resumeStream needs the streamId of a stream (digits, from listStreams).");
+  }
+  const now = Date.now();
+  /** @type {PendingStream} */
+  const from = {
+    streamId, lastEventId: "", baseUrl: baseUrlOf(options, null), command: "", title: "",
+    content: "", reasoning: "", commandId: null, tag: options.tag ?? null, startedAt: now,
+    updatedAt: now,
+  };
+  return runCommand(options, from, false);
 }
 
 /**
@@ -532,7 +676,10 @@ export async function pendingStreams() {
   const streams = [];
   for (const [key, value] of Object.entries(items || {})) {
     if (key.startsWith(STREAM_KEY_PREFIX) && isPendingStream(value)
-        && key === STREAM_KEY_PREFIX + value.streamId) streams.push(value);
+        && key === STREAM_KEY_PREFIX + value.streamId) {
+      // An entry kept by a client from before reasoning events has none.
+      streams.push({ ...value, reasoning: typeof value.reasoning === "string" ? value.reasoning : "" });
+    }
   }
   return streams.sort((a, b) => a.startedAt - b.startedAt);
 }
@@ -546,9 +693,11 @@ export async function pendingStreams() {
  * {@link PendingStream} that returns them (it may be async): there the caller shows what had
  * arrived (`stream.title`, `stream.content`) and routes the rest by `stream.tag`. Returning `null`
  * forgets that stream (its entry is removed; with no reader the service ends it after its resume
- * grace). `onContent`'s second argument and the result's `content` include the content from
- * before the stop. Each stream's entry is removed when its resume settles, so none is taken up
- * twice; a stream whose events the service no longer keeps ends with `onError` (`not_found`).
+ * grace). `onContent`'s second argument and the result's `content` (and `onReasoning`'s and the
+ * result's `reasoning`) include what came before the stop; each stream goes on with
+ * `?catchup=snapshot` (see {@link streamCommand}). Each stream's entry is removed when its resume
+ * settles, so none is taken up twice; a stream whose events the service no longer keeps ends
+ * with `onError` (`not_found`).
  *
  * The service must keep a stream going while no client reads it for as long as the worker is
  * down: `AXRISI_RESUME_GRACE_SECONDS` above 0 (else the stream ends `cancelled` at the stop).
@@ -581,7 +730,7 @@ export async function resumePending(options) {
         running.delete(stream.streamId);
         continue;
       }
-      const result = runCommand(chosen, stream);
+      const result = runCommand(chosen, stream, true);
       result.catch(() => {}); // Handled by the caller, or through onError.
       resumed.push({ stream, result });
     }
@@ -593,38 +742,71 @@ export async function resumePending(options) {
 }
 
 /**
- * {@link streamCommand}, or with `from` the rest of a kept stream.
- * @param {StreamCommandOptions|ResumeOptions} options
- * @param {PendingStream|null} from
+ * {@link streamCommand}, or with `from` the rest of a known stream.
+ * @param {StreamCommandOptions|ResumeOptions|ResumeStreamOptions} options
+ * @param {PendingStream|null} from  Where to go on from: a kept entry ({@link resumePending}),
+ *   or the start of a stream ({@link resumeStream}, `lastEventId` `""`).
+ * @param {boolean} kept  `from` is an entry of `chrome.storage.session`, claimed in `running`.
  * @returns {Promise<StreamResult>}
  */
-async function runCommand(options, from) {
+async function runCommand(options, from, kept) {
   const fresh = from ? null : /** @type {StreamCommandOptions} */ (options);
+  const onTitle = kept ? undefined : /** @type {StreamCommandOptions} */ (options).onTitle;
   /** @type {StreamResult} */
   const result = from
-    ? { title: from.title, content: from.content, done: null, commandId: from.commandId }
-    : { title: "", content: "", done: null, commandId: null };
+    ? { title: from.title, content: from.content, reasoning: from.reasoning, done: null,
+      commandId: from.commandId }
+    : { title: "", content: "", reasoning: "", done: null, commandId: null };
   let streamId = from ? from.streamId : "";
-  const area = from || persistWanted(options.persist) ? sessionArea() : null;
+  // A stream read from its start is claimed here, unless it already runs in this context (then
+  // that call owns the claim).
+  const claimed = Boolean(from && !kept && !running.has(streamId));
+  if (claimed) running.add(streamId);
+  const area = kept || persistWanted(options.persist) ? sessionArea() : null;
   const record = area && new StreamRecord(area, options.persist !== false, from ?? {
     baseUrl: baseUrlOf(options, null),
     command: String(fresh?.command ?? ""),
     tag: fresh?.tag ?? null,
     startedAt: Date.now(),
-  }, from ? from.streamId : "");
+  }, kept && from ? from.streamId : "");
   /**
    * @param {unknown} error
    * @returns {never}
    */
   const fail = (error) => {
     if (error instanceof AxrisiError) {
-      error.partial = { title: result.title, content: result.content, commandId: result.commandId };
+      error.partial = { title: result.title, content: result.content, reasoning: result.reasoning,
+        commandId: result.commandId };
       if (typeof options.onError === "function") options.onError(error);
     }
     throw error;
   };
+  /**
+   * @param {string} title
+   * @param {Record<string, unknown>} payload
+   */
+  const gotTitle = (title, payload) => {
+    result.title = title;
+    if (typeof onTitle === "function") onTitle(title, payload);
+  };
+  /**
+   * @param {string} piece
+   * @param {Record<string, unknown>} payload
+   */
+  const gotReasoning = (piece, payload) => {
+    result.reasoning += piece;
+    if (typeof options.onReasoning === "function") options.onReasoning(piece, result.reasoning, payload);
+  };
+  /**
+   * @param {string} piece
+   * @param {Record<string, unknown>} payload
+   */
+  const gotContent = (piece, payload) => {
+    result.content += piece;
+    if (typeof options.onContent === "function") options.onContent(piece, result.content, payload);
+  };
   try {
-    for await (const event of events(options, from)) {
+    for await (const event of events(options, from, true)) {
       if (typeof options.onEvent === "function") options.onEvent(event);
       const payload = parseData(event);
       if (payload && typeof payload.commandId === "number") result.commandId = payload.commandId;
@@ -637,14 +819,23 @@ async function runCommand(options, from) {
         }));
       }
       if (event.event === "message" && payload) {
-        if (typeof payload.title === "string") {
-          result.title = payload.title;
-          if (typeof fresh?.onTitle === "function") fresh.onTitle(payload.title, payload);
-        }
-        if (typeof payload.content === "string") {
-          result.content += payload.content;
-          if (typeof options.onContent === "function") {
-            options.onContent(payload.content, result.content, payload);
+        if (typeof payload.title === "string") gotTitle(payload.title, payload);
+        if (typeof payload.reasoning === "string") gotReasoning(payload.reasoning, payload);
+        if (typeof payload.content === "string") gotContent(payload.content, payload);
+        const folded = payload.snapshot;
+        if (folded !== null && typeof folded === "object" && !Array.isArray(folded)) {
+          // The events the snapshot folds, in their order: each callback gets what it would
+          // have got from them, as one piece, and with the payload of such an event.
+          const snapshot = /** @type {Record<string, unknown>} */ (folded);
+          const commandId = payload.commandId;
+          if (typeof snapshot.title === "string") {
+            gotTitle(snapshot.title, { title: snapshot.title, commandId });
+          }
+          if (typeof snapshot.reasoning === "string" && snapshot.reasoning !== "") {
+            gotReasoning(snapshot.reasoning, { reasoning: snapshot.reasoning, commandId });
+          }
+          if (typeof snapshot.content === "string" && snapshot.content !== "") {
+            gotContent(snapshot.content, { content: snapshot.content, commandId });
           }
         }
         if (payload.done === true) {
@@ -663,14 +854,14 @@ async function runCommand(options, from) {
       }
       if (record && id === streamId) {
         record.save({ streamId, lastEventId: event.id, title: result.title,
-          content: result.content, commandId: result.commandId });
+          content: result.content, reasoning: result.reasoning, commandId: result.commandId });
       }
     }
   } catch (error) {
     if (error instanceof AxrisiError && error.partial === null) fail(error);
     throw error;
   } finally {
-    if (streamId) running.delete(streamId);
+    if (streamId && (!from || kept || claimed)) running.delete(streamId);
     if (record) await record.remove(); // Ended, one way or another: nothing to resume.
   }
   return fail(new AxrisiError({ code: "network_error", error: "The stream ended without its last event." }));
@@ -790,7 +981,7 @@ function normalize(options, from) {
 }
 
 /**
- * @param {StreamOptions|ResumeOptions} options
+ * @param {{baseUrl?: string}} options
  * @param {PendingStream|null} from
  * @returns {string}
  */
@@ -800,7 +991,7 @@ function baseUrlOf(options, from) {
 }
 
 /**
- * @param {Options} opts
+ * @param {{token: StreamOptions["token"]}} opts
  * @returns {Promise<string>}
  */
 async function tokenOf(opts) {
@@ -815,11 +1006,15 @@ async function tokenOf(opts) {
  */
 async function start(opts, signal) {
   const what = /** @type {StreamOptions} */ (opts); // Only a stream without `from` starts here.
-  /** @type {Record<string, string>} */
+  /** @type {Record<string, string|boolean>} */
   const body = { command: what.command, text: what.text };
   for (const name of /** @type {const} */ (["title", "language", "instruction"])) {
     const value = what[name];
     if (value !== undefined && value !== null && value !== "") body[name] = value;
+  }
+  // The flags go only when set, so that a request without them is what it always was.
+  for (const name of /** @type {const} */ (["background", "reasoning"])) {
+    if (what[name] === true) body[name] = true;
   }
   const response = await request(opts, `${opts.baseUrl}/api/run`, {
     method: "POST",
@@ -834,11 +1029,10 @@ async function start(opts, signal) {
  * closing the connection alone leaves the model running for the grace. Best effort: `keepalive`
  * lets it outlive a closing page, and its outcome is ignored.
  * @param {Options} opts
- * @param {string} lastId
+ * @param {string} streamId  `""`: not known yet (nothing to stop).
  * @returns {void}
  */
-function stopStream(opts, lastId) {
-  const streamId = streamOf(lastId);
+function stopStream(opts, streamId) {
   if (!streamId) return;
   tokenOf(opts).then((token) => {
     /** @type {Record<string, string>} */
@@ -851,14 +1045,21 @@ function stopStream(opts, lastId) {
 }
 
 /**
+ * `GET /api/streams/<streamId>`: the events after `lastId` (all of them when it is `""`), folded
+ * into one snapshot event with `catchup`.
  * @param {Options} opts
+ * @param {string} streamId
  * @param {string} lastId
+ * @param {boolean} catchup
  * @param {AbortSignal} signal
  * @returns {Promise<Response>}
  */
-async function resume(opts, lastId, signal) {
-  const url = `${opts.baseUrl}/api/streams/${encodeURIComponent(streamOf(lastId))}`;
-  return request(opts, url, { method: "GET", headers: { "Last-Event-ID": lastId } }, signal);
+async function resume(opts, streamId, lastId, catchup, signal) {
+  const query = catchup ? "?catchup=snapshot" : "";
+  const url = `${opts.baseUrl}/api/streams/${encodeURIComponent(streamId)}${query}`;
+  /** @type {Record<string, string>} */
+  const headers = lastId ? { "Last-Event-ID": lastId } : {};
+  return request(opts, url, { method: "GET", headers }, signal);
 }
 
 /**
@@ -869,28 +1070,7 @@ async function resume(opts, lastId, signal) {
  * @returns {Promise<Response>}
  */
 async function request(opts, url, init, signal) {
-  const token = await tokenOf(opts);
-  /** @type {Record<string, string>} */
-  const headers = { Accept: "text/event-stream", ...(opts.headers || {}), ...init.headers };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  let response;
-  try {
-    response = await opts.fetch(url, {
-      ...init,
-      headers,
-      signal,
-      cache: "no-store",
-      credentials: "omit",
-    });
-  } catch (error) {
-    if (signal.aborted) throw error;
-    // fetch rejects with a TypeError for network failures and CORS refusals alike.
-    throw Object.assign(new AxrisiError({
-      code: "network_error",
-      error: "Could not reach the server (network error, or the server does not allow this origin).",
-    }), { cause: error });
-  }
-  if (!response.ok) throw await httpError(response);
+  const response = await send(opts, url, init, signal, "text/event-stream");
   const type = response.headers.get("Content-Type") || "";
   // The MIME type's essence must be text/event-stream; parameters (a charset) are ignored, and
   // the body is UTF-8 whatever they say, as for EventSource.
@@ -903,6 +1083,43 @@ async function request(opts, url, init, signal) {
       requestId: requestIdOf(response),
     });
   }
+  return response;
+}
+
+/**
+ * Send one request with the bearer token and the caller's headers; resolves with a 2xx answer.
+ * An HTTP error answer rejects with its {@link AxrisiError}, no answer at all with one of code
+ * `"network_error"`, an abort with the signal's reason.
+ * @param {{token: StreamOptions["token"], headers?: Record<string, string>, fetch: typeof fetch}} opts
+ * @param {string} url
+ * @param {{method: string, headers: Record<string, string>, body?: string}} init
+ * @param {AbortSignal|undefined} signal
+ * @param {string} accept  The `Accept` header, unless the caller's headers set one.
+ * @returns {Promise<Response>}
+ */
+async function send(opts, url, init, signal, accept) {
+  const token = await tokenOf(opts);
+  /** @type {Record<string, string>} */
+  const headers = { Accept: accept, ...(opts.headers || {}), ...init.headers };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await opts.fetch(url, {
+      ...init,
+      headers,
+      signal,
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (error) {
+    if (signal?.aborted) throw error;
+    // fetch rejects with a TypeError for network failures and CORS refusals alike.
+    throw Object.assign(new AxrisiError({
+      code: "network_error",
+      error: "Could not reach the server (network error, or the server does not allow this origin).",
+    }), { cause: error });
+  }
+  if (!response.ok) throw await httpError(response);
   return response;
 }
 
@@ -1118,6 +1335,7 @@ function isPendingStream(value) {
     && sequenceOf(s.lastEventId) !== null
     && typeof s.baseUrl === "string" && typeof s.command === "string"
     && typeof s.title === "string" && typeof s.content === "string"
+    && (s.reasoning === undefined || typeof s.reasoning === "string")
     && (s.commandId === null || typeof s.commandId === "number")
     && typeof s.startedAt === "number" && typeof s.updatedAt === "number";
 }
@@ -1150,7 +1368,7 @@ class StreamRecord {
 
   /**
    * @param {{streamId: string, lastEventId: string, title: string, content: string,
-   *   commandId: number|null}} state
+   *   reasoning: string, commandId: number|null}} state
    */
   save(state) {
     if (this.closed || !this.saving) return;

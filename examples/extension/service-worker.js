@@ -11,20 +11,27 @@
 // far in chrome.storage.session (`persist`), and when the worker starts again (for the panel's
 // port reconnecting, say) `resumePending` at the top level below takes the stream up where it
 // was: the panel ends with the whole answer, each piece once.
+//
+// Streams ask for the model's reasoning (`reasoning: true`): a reasoning model's thinking goes to
+// the panel with the answer, which shows it folded above it (other models send none). The panel
+// also lists the user's running and recent answers (GET /api/streams); reopening one ("axrisi:
+// reopen") reads it here from its start with `resumeStream` (one snapshot event, then live),
+// like a new run.
 
 import * as client from "./axrisi-client.js";
 
-const { streamCommand, pendingStreams, resumePending } = client;
+const { streamCommand, pendingStreams, resumePending, resumeStream } = client;
 
 const MENU_ID = "axrisi-summarize";
 const PANEL_PORT = "axrisi-panel";
 const DEFAULTS = { serverUrl: "http://127.0.0.1:8000", token: "" };
 
 /**
- * @type {{status: string, title: string, content: string, error: string, commandId: number|null,
- *   resumed: boolean}}
+ * @type {{status: string, title: string, content: string, reasoning: string, error: string,
+ *   commandId: number|null, resumed: boolean, reopened: boolean}}
  */
-let job = { status: "idle", title: "", content: "", error: "", commandId: null, resumed: false };
+let job = { status: "idle", title: "", content: "", reasoning: "", error: "", commandId: null,
+  resumed: false, reopened: false };
 /** The running stream's controller; a stream whose controller is no longer this one is old. */
 let controller = null;
 /** The side panels' ports. */
@@ -61,7 +68,10 @@ async function savedJob() {
 async function follow(mine, run) {
   try {
     const result = await run;
-    if (controller === mine) publish({ status: "done", content: result.content });
+    if (controller === mine) {
+      publish({ status: "done", title: result.title, content: result.content,
+        reasoning: result.reasoning });
+    }
     return result;
   } catch (error) {
     if (controller !== mine) return null;
@@ -86,6 +96,7 @@ function callbacks(mine) {
     persist: true,
     onOpen: () => update({ status: "streaming" }),
     onContent: (_piece, content) => update({ content }),
+    onReasoning: (_piece, reasoning) => update({ reasoning }),
   };
 }
 
@@ -103,8 +114,9 @@ async function takeUpStoppedStream() {
     if (!token) return null;
     mine = new AbortController();
     controller = mine;
-    publish({ status: "streaming", title: stream.title, content: stream.content, error: "",
-      commandId: stream.commandId, resumed: true });
+    publish({ status: "streaming", title: stream.title, content: stream.content,
+      reasoning: stream.reasoning, error: "", commandId: stream.commandId, resumed: true,
+      reopened: false });
     return { ...callbacks(mine), token };
   });
   if (resumed.length > 0 && mine) {
@@ -137,12 +149,11 @@ async function summarize({ text, title, command = "summarize" }) {
   if (controller !== mine) return null; // Another run started meanwhile.
   if (!token) {
     controller = null;
-    publish({ status: "error", title: "", content: "", commandId: null, resumed: false,
-      error: "Set the server URL and a token in the extension's options first." });
+    publish(noToken());
     return null;
   }
-  publish({ status: "connecting", title: title || "", content: "", error: "", commandId: null,
-    resumed: false });
+  publish({ status: "connecting", title: title || "", content: "", reasoning: "", error: "",
+    commandId: null, resumed: false, reopened: false });
   return follow(mine, streamCommand({
     ...callbacks(mine),
     baseUrl: serverUrl,
@@ -150,10 +161,46 @@ async function summarize({ text, title, command = "summarize" }) {
     command,
     text,
     title,
+    reasoning: true,
     onTitle: (t, payload) => {
       if (controller === mine) publish({ title: t, commandId: payload.commandId ?? null });
     },
   }));
+}
+
+/**
+ * Read one of the user's streams (from the panel's list) from its start, in place of the job: the
+ * title, reasoning and content so far come in one snapshot, then the rest live.
+ * @param {{streamId: string}} request
+ * @returns {Promise<import("./axrisi-client.js").StreamResult|null>} null when stopped or failed.
+ */
+async function reopen({ streamId }) {
+  await ready;
+  controller?.abort();
+  const mine = new AbortController();
+  controller = mine;
+  const { serverUrl, token } = await chrome.storage.local.get(DEFAULTS);
+  if (controller !== mine) return null;
+  if (!token) {
+    controller = null;
+    publish(noToken());
+    return null;
+  }
+  publish({ status: "connecting", title: "", content: "", reasoning: "", error: "",
+    commandId: Number(streamId), resumed: false, reopened: true });
+  return follow(mine, resumeStream({
+    ...callbacks(mine),
+    baseUrl: serverUrl,
+    token,
+    streamId,
+    onTitle: (t) => { if (controller === mine) publish({ title: t }); },
+  }));
+}
+
+function noToken() {
+  return { status: "error", title: "", content: "", reasoning: "", commandId: null,
+    resumed: false, reopened: false,
+    error: "Set the server URL and a token in the extension's options first." };
 }
 
 function stop() {
@@ -203,8 +250,11 @@ chrome.runtime.onMessage.addListener((message, sender) => {
   if (sender.id !== chrome.runtime.id) return false;
   // After a restart the stream is taken up first, then stopped.
   if (message?.type === "axrisi:stop") ready.then(stop);
+  if (message?.type === "axrisi:reopen" && typeof message.streamId === "string") {
+    reopen({ streamId: message.streamId }).catch(() => {});
+  }
   return false;
 });
 
 // For the devtools console (and the tests): `await axrisi.summarize({text: "..."})`.
-globalThis.axrisi = { summarize, stop, onContextMenu, state: () => job, ready, client };
+globalThis.axrisi = { summarize, reopen, stop, onContextMenu, state: () => job, ready, client };

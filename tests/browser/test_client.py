@@ -206,6 +206,84 @@ def test_stream_processor_buffers_chunks_and_cleans_up(page: Any, server: Gunico
     assert record.wait_closed(3), "cleanup() did not close the upstream request"
 
 
+# ---- Reasoning and the caller's streams --------------------------------------------------------
+
+THOUGHTS = ["Hmm, ", "the user wants", " a summary", "; 😀 ", "中文", "\n", "data: not an event"]
+ANSWER = ["A", " short", " answer", "."]
+
+
+def test_on_reasoning_gets_the_thinking_and_on_content_only_the_answer(
+        page: Any, server: Gunicorn, upstream: FakeUpstream) -> None:
+    """With reasoning: true, onReasoning's pieces are exactly the model's thinking (before the
+    answer) and onContent's exactly the answer; without it, no reasoning reaches the page."""
+    key = unique_key("think")
+    upstream.add_scenario(key, Scenario(tokens=ANSWER, reasoning=THOUGHTS, delay=0.01,
+                                        reasoning_delay=0.01))
+    module_page(page, server)
+    run = """async ({token, text, reasoning}) => {
+        const order = [], thoughts = [], pieces = [], soFar = [];
+        const options = {token, command: 'summarize', text,
+          onReasoning: (piece, all, payload) => {
+            order.push('reasoning'); thoughts.push(piece); soFar.push(all);
+            if (payload.reasoning !== piece) throw new Error('payload mismatch');
+          },
+          onContent: (piece) => { order.push('content'); pieces.push(piece); }};
+        if (reasoning !== null) options.reasoning = reasoning;
+        const result = await client.streamCommand(options);
+        return {thoughts, pieces, soFar, order, content: result.content,
+                reasoning: result.reasoning, usage: result.done.usage};
+    }"""
+    text = f"Think about {key}"
+    thinking = page.evaluate(run, {"token": token(), "text": text, "reasoning": True})
+    assert "".join(thinking["thoughts"]) == thinking["reasoning"] == "".join(THOUGHTS)
+    assert thinking["soFar"][-1] == "".join(THOUGHTS)
+    assert "".join(thinking["pieces"]) == thinking["content"] == "".join(ANSWER)
+    assert thinking["order"].index("content") > thinking["order"].index("reasoning")
+    assert "content" not in thinking["order"][:len(thinking["thoughts"])]
+    assert thinking["usage"]["reasoningTokens"] == len(THOUGHTS)
+    for flag in (None, False):  # not asked for: the flag is not sent, or sent as false
+        quiet = page.evaluate(run, {"token": token(), "text": text, "reasoning": flag})
+        assert quiet["thoughts"] == [] and quiet["reasoning"] == ""
+        assert quiet["content"] == "".join(ANSWER)
+
+
+def test_list_streams_gives_the_callers_streams_and_errors_as_axrisi_errors(
+        page: Any, server: Gunicorn, upstream: FakeUpstream) -> None:
+    """listStreams lists a stream the caller started (newest first, as the service keeps it),
+    never another user's; a refused token rejects with the client's AxrisiError."""
+    first, second = unique_key("listed-a"), unique_key("listed-b")
+    for key in (first, second):
+        upstream.add_scenario(key, Scenario(tokens=["x", "y"], delay=0.01))
+    owner, stranger = token(unique_key("owner")), token(unique_key("stranger"))
+    module_page(page, server)
+    outcome = page.evaluate(
+        """async ({owner, stranger, texts}) => {
+            const ids = [];
+            for (const text of texts) {
+              const result = await client.streamCommand({token: owner, command: 'explain', text,
+                                                         title: text});
+              ids.push(String(result.commandId));
+            }
+            const mine = await client.listStreams({token: async () => owner});
+            const theirs = await client.listStreams({baseUrl: location.origin, token: stranger});
+            const refused = await client.listStreams({token: 'not.a.jwt'}).then(
+              () => null, (e) => ({isAxrisi: e instanceof client.AxrisiError, status: e.status,
+                                   code: e.code, error: e.error}));
+            return {ids, mine, theirs, refused};
+        }""",
+        {"owner": owner, "stranger": stranger, "texts": [f"Text {first}", f"Text {second}"]})
+    older, newer = outcome["ids"]
+    assert [entry["streamId"] for entry in outcome["mine"]] == [newer, older]
+    entry = outcome["mine"][0]
+    assert entry["command"] == "explain" and entry["state"] == "done"
+    assert entry["title"].endswith(f"Text {second}") and entry["background"] is False
+    assert entry["lastEventId"].rpartition("-")[0] == newer
+    assert isinstance(entry["startedAt"], int)
+    assert outcome["theirs"] == []
+    assert outcome["refused"] == {"isAxrisi": True, "status": 401, "code": "unauthorized",
+                                  "error": "Unauthorized"}
+
+
 # ---- The SSE parser --------------------------------------------------------------------------
 
 PARSER_STREAM = (
@@ -734,11 +812,13 @@ def test_reconnects_with_last_event_id_and_skips_duplicates(page: Any,
     assert outcome["content"] == "abcd"
     assert outcome["pieces"] == ["a", "b", "c", "d"]
     assert outcome["commandId"] == 77
+    # streamCommand resumes with ?catchup=snapshot (a server without it ignores the parameter
+    # and replays, as this script does: the client takes either).
     assert [(c["method"], c["url"], c["lastEventId"]) for c in outcome["calls"]] == [
         ("POST", "http://axrisi.test/api/run", None),
-        ("GET", "http://axrisi.test/api/streams/77", "77-1"),
-        ("GET", "http://axrisi.test/api/streams/77", "77-1"),
-        ("GET", "http://axrisi.test/api/streams/77", "77-3"),
+        ("GET", "http://axrisi.test/api/streams/77?catchup=snapshot", "77-1"),
+        ("GET", "http://axrisi.test/api/streams/77?catchup=snapshot", "77-1"),
+        ("GET", "http://axrisi.test/api/streams/77?catchup=snapshot", "77-3"),
     ]
     assert all(c["auth"] == "Bearer t0k" for c in outcome["calls"])
     # The server's retry: 20 ms, doubled after a failed attempt, back to 20 after progress.

@@ -32,6 +32,20 @@ def wait_state(page: Any, state: str, timeout: float = 10_000) -> None:
     page.wait_for_selector(f"#state[data-state='{state}']", timeout=timeout)
 
 
+def run_to_the_end(page: Any, button: Any) -> None:
+    """Click ``button`` (Start, or a Reopen) and wait for that run, not the one before, to end
+    done: the page starts a new run (in state connecting) before the click returns to it."""
+    page.evaluate("() => { window.runBefore = axrisiDemo.run; }")
+    button.click()
+    page.wait_for_function("() => axrisiDemo.run !== window.runBefore")
+    wait_state(page, "done")
+
+
+def answer_text(page: Any) -> str:
+    """The rendered answer's text, without the newline marked ends a block with."""
+    return (page.text_content("#answer") or "").strip()
+
+
 def test_demo_streams_renders_markdown_and_metrics(page: Any, server: Gunicorn,
                                                    upstream: FakeUpstream) -> None:
     """A text streams in whole, rendered as Markdown, with done state, TTFT and tokens/s."""
@@ -114,6 +128,74 @@ def test_stop_stops_the_model_even_with_resume_grace(page: Any, upstream: FakeUp
         wait_state(page, "stopped")
         assert record.wait_closed(3), "the upstream request ran on through the grace"
         assert record.closed_at is not None and record.closed_at - stopped_at < 1.5
+
+
+def test_show_reasoning_folds_the_thinking_above_the_answer(page: Any, server: Gunicorn,
+                                                            upstream: FakeUpstream) -> None:
+    """"Show reasoning" asks for the model's thinking: it is shown folded (a closed <details>)
+    above the answer, as plain text, and never in the answer; unchecked, nothing is shown."""
+    key = unique_key("demo-think")
+    thoughts = ["First, ", "<b>read</b> ", "the text.", "\n", "Then **answer**."]
+    answer = ["The", " answer", "."]
+    upstream.add_scenario(key, Scenario(tokens=answer, reasoning=thoughts, delay=0.01))
+    open_demo(page, server)
+    assert page.is_hidden("#reasoning")
+    page.check("#show-reasoning")
+    page.fill("#text", f"Think first {key}")
+    run_to_the_end(page, page.locator("#start"))
+    assert page.is_visible("#reasoning summary")
+    assert page.text_content("#reasoning summary") == "Reasoning"
+    assert page.get_attribute("#reasoning", "open") is None, "the reasoning starts folded"
+    assert page.is_hidden("#reasoning-text")
+    assert page.text_content("#reasoning-text") == "".join(thoughts)
+    assert page.locator("#reasoning-text b").count() == 0, "the thinking is text, not markup"
+    assert answer_text(page) == "The answer."
+    assert page.evaluate("""() => document.getElementById('reasoning').compareDocumentPosition(
+        document.getElementById('answer')) & Node.DOCUMENT_POSITION_FOLLOWING""")
+    page.click("#reasoning summary")
+    assert page.is_visible("#reasoning-text")
+
+    page.uncheck("#show-reasoning")
+    run_to_the_end(page, page.locator("#start"))
+    assert page.is_hidden("#reasoning") and page.text_content("#reasoning-text") == ""
+    assert answer_text(page) == "The answer."
+    labels = page.eval_on_selector_all(
+        "input, select, textarea, button",
+        "els => els.filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')"
+        " && !e.textContent.trim()).map((e) => e.id)")
+    assert labels == []
+
+
+def test_your_streams_lists_the_answers_and_reopens_one(page: Any, server: Gunicorn,
+                                                       upstream: FakeUpstream) -> None:
+    """"Your streams" lists the page's answer once it exists; Reopen reads it from its start
+    in one snapshot: the same title, reasoning and answer, in one content update."""
+    key = unique_key("demo-list")
+    tokens = ["One", " two", " three", "."]
+    upstream.add_scenario(key, Scenario(tokens=tokens, reasoning=["Hm."], delay=0.01))
+    open_demo(page, server)
+    page.check("#show-reasoning")
+    page.fill("#title", key)
+    page.fill("#text", f"List me {key}")
+    run_to_the_end(page, page.locator("#start"))
+    stream_id = str(page.evaluate("axrisiDemo.run").get("commandId"))
+    item = page.locator(f"#streams li[data-stream-id='{stream_id}'][data-state='done']")
+    item.wait_for()
+    assert item.locator(".stream-title").text_content() == f"Summary of {key}"
+    assert page.locator("#streams li").first.get_attribute("data-stream-id") == stream_id
+    assert page.get_attribute("#streams", "aria-labelledby") == "streams-heading"
+
+    page.fill("#title", "")
+    page.fill("#text", "Something else entirely.")
+    run_to_the_end(page, page.locator("#start"))
+    assert page.text_content("#answer-title") != f"Summary of {key}"
+    run_to_the_end(page, item.get_by_role("button", name=f"Reopen “Summary of {key}” (done)"))
+    assert page.text_content("#answer-title") == f"Summary of {key}"
+    assert answer_text(page) == "One two three."
+    assert page.text_content("#reasoning-text") == "Hm."
+    assert page.text_content("#events") == "1"  # the snapshot: the whole answer at once
+    assert page.evaluate("axrisiDemo.run").get("content") == "".join(tokens)
+    assert page.axrisi_seen.errors == []
 
 
 XSS_TOKENS = [

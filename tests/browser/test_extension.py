@@ -107,3 +107,38 @@ def test_keep_alive_calls_an_extension_api_while_streaming(
     assert outcome["content"] == "".join(f"t{i} " for i in range(12))
     assert outcome["during"] >= 4
     assert outcome["after"] == outcome["during"]
+
+
+def test_side_panel_shows_the_reasoning_folded_above_the_answer(
+        extension_context: Any, server: Gunicorn, upstream: FakeUpstream) -> None:
+    """The worker asks for the model's reasoning; the panel shows it folded (a closed <details>)
+    above the answer, as plain text; the answer is the answer alone, and the panel lists it."""
+    key = f"ext-think-{uuid.uuid4().hex[:10]}"
+    thoughts = ["The user ", "selected <i>text</i>", "; summarize it."]
+    tokens = ["A", " summary", "."]
+    upstream.add_scenario(key, Scenario(tokens=tokens, reasoning=thoughts, delay=0.01))
+    worker = service_worker(extension_context)
+    extension_id = worker.url.split("/")[2]
+    user = token(f"thinker-{uuid.uuid4().hex[:8]}")
+    worker.evaluate("(settings) => chrome.storage.local.set(settings)",
+                    {"serverUrl": server.url, "token": user})
+    panel = extension_context.new_page()
+    panel.goto(f"chrome-extension://{extension_id}/sidepanel.html")
+    panel.wait_for_selector("body[data-state]", state="attached")
+    assert panel.is_hidden("#reasoning")
+    result = worker.evaluate("(text) => axrisi.summarize({text, title: 'A page'})",
+                             f"Selected words {key}")
+    assert result["content"] == "".join(tokens) and result["reasoning"] == "".join(thoughts)
+    panel.wait_for_selector("body[data-state='done']")
+    assert panel.text_content("#answer") == "".join(tokens)
+    assert panel.is_visible("#reasoning summary")
+    assert panel.get_attribute("#reasoning", "open") is None
+    assert panel.text_content("#reasoning-text") == "".join(thoughts)
+    assert panel.locator("#reasoning-text i").count() == 0
+    assert panel.evaluate("""() => document.getElementById('reasoning').compareDocumentPosition(
+        document.getElementById('answer')) & Node.DOCUMENT_POSITION_FOLLOWING""")
+    stream_id = str(worker.evaluate("() => axrisi.state().commandId"))
+    item = panel.locator(f"#streams li[data-stream-id='{stream_id}'][data-state='done']")
+    item.wait_for()
+    assert item.locator(".stream-title").text_content() == "Summary of A page"
+    assert item.get_by_role("button", name="Reopen “Summary of A page” (done)").is_enabled()

@@ -16,6 +16,7 @@ from ..shared import SharedState
 from ..shared.counters import Lease
 from ..stream.ending import StreamEnd
 from ..stream.registry import Stream, StreamRegistry
+from .blockgate import BlockGate, CorsHeaders
 from .clientaddress import trust_proxies
 from .lifecycle import Lifecycle
 from .loginguard import LoginGuard
@@ -45,9 +46,11 @@ def install(app: Flask, settings: Settings, registry: StreamRegistry,
     app.extensions[KEY] = Services(settings, registry, limits_,
                                     Lifecycle(registry, settings.max_streams), shared, guard,
                                     VerifiedTokens(enabled=not settings.jwt_jwks_url))
-    # Flask documents replacing wsgi_app with middleware; mypy sees a method assigned.
+    # Flask documents replacing wsgi_app with middleware; mypy sees a method assigned. Outermost
+    # the client's address, then a blocked address's refusal before Flask (blockgate.py).
     app.wsgi_app = trust_proxies(  # type: ignore[method-assign,assignment]
-        app.wsgi_app, settings.trusted_proxies)
+        BlockGate(app.wsgi_app, guard, CorsHeaders.for_app(app, settings)),
+        settings.trusted_proxies)
     requestlog.init_app(app)
     errors.init_app(app)
     auth.init_app(app, settings)

@@ -13,6 +13,7 @@ sent and ``*`` is a valid (if broad) setting.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
@@ -34,19 +35,25 @@ def _pattern(origin: str) -> str | re.Pattern[str]:
     return re.compile(re.escape(origin) + r"\Z", re.IGNORECASE)
 
 
+def options(settings: Settings) -> dict[str, Any]:
+    """flask-cors's options for ``/api/*``: given to ``CORS`` here, and to flask-cors's header
+    functions by ``blockgate.py`` for the refusals that never reach Flask."""
+    return {
+        "origins": [_pattern(o) for o in settings.cors_origins],
+        "allow_headers": list(ALLOW_HEADERS),
+        "expose_headers": list(EXPOSE_HEADERS),
+        "methods": list(METHODS),
+        "max_age": MAX_AGE_SECONDS,
+        "supports_credentials": False,
+        "always_send": False,
+        "send_wildcard": False,
+        "vary_header": True,
+    }
+
+
 def init_app(app: Flask, settings: Settings) -> None:
     """Allow ``settings.cors_origins`` to call ``/api/*``; do nothing when there are none."""
     if not settings.cors_origins:
         return
-    CORS(
-        app,
-        resources={r"/api/*": {"origins": [_pattern(o) for o in settings.cors_origins]}},
-        allow_headers=list(ALLOW_HEADERS),
-        expose_headers=list(EXPOSE_HEADERS),
-        methods=list(METHODS),
-        max_age=MAX_AGE_SECONDS,
-        supports_credentials=False,
-        always_send=False,
-        send_wildcard=False,
-        vary_header=True,
-    )
+    found = options(settings)
+    CORS(app, resources={r"/api/*": {"origins": found.pop("origins")}}, **found)

@@ -5,8 +5,11 @@ Each failed authentication is counted for the client's address (``AXRISI_AUTH_FA
 flask-limiter's notation, moving window; in Redis through the fault model when ``REDIS_URL``
 is set, like the rate limit). Past the limit the address is refused with ``429 rate_limited``
 and ``Retry-After``, and this worker remembers it until the window frees up, so that its next
-requests are refused before their token is even decoded: a flood costs one dictionary look-up
-per request, and a valid user pays nothing (only failures touch the counter). Refusals are
+requests are refused before their token is even decoded, and before Flask: ``blockgate.py``
+asks :meth:`LoginGuard.refusal` for every ``/api/`` request and answers a remembered address
+with a pre-built 429, holding it a moment on a closing connection (so a flood costs the worker a
+dictionary look-up and a sleeping greenlet per request, and the attacker a second per request
+per connection). A valid user pays nothing (only failures touch the counter). Refusals are
 logged in aggregate (one line per :data:`REPORT_SECONDS`), not one line each.
 
 The address is ``REMOTE_ADDR`` as ``clientaddress.py`` leaves it: behind the deployment's own
@@ -34,6 +37,8 @@ from .errors import ApiError
 log = logging.getLogger(__name__)
 
 REPORT_SECONDS = 10.0
+REFUSAL = "Too many failed authentications from this address; try again later."
+"""The 429's sentence, here and in ``blockgate.py``."""
 MAX_REMEMBERED = 100_000
 """Blocked addresses one worker remembers at most (a flood from many addresses stays bounded)."""
 
@@ -46,6 +51,11 @@ def counted_as(address: str) -> str:
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     except ValueError:
         return address
+
+
+def retry_after(wait: float) -> str:
+    """``Retry-After`` for ``wait`` seconds: whole seconds, at least one."""
+    return str(max(1, math.ceil(wait)))
 
 
 class LoginGuard:
@@ -61,17 +71,25 @@ class LoginGuard:
         self._addresses: set[str] = set()
         self._reported_at = time.monotonic()
 
-    def check(self, address: str) -> None:
-        """Refuse an address this worker knows is past the limit (no token is decoded)."""
+    def refusal(self, address: str) -> float | None:
+        """Seconds left for an address this worker knows is past the limit, the refusal counted
+        (the metric, the aggregate line); None for an address that may go on."""
         address = counted_as(address)
         until = self.blocked.get(address)
         if until is None:
-            return
+            return None
         wait = until - time.monotonic()
         if wait <= 0:
             del self.blocked[address]
-            return
-        self._refuse(address, wait)
+            return None
+        self._count(address)
+        return wait
+
+    def check(self, address: str) -> None:
+        """Refuse an address this worker knows is past the limit (no token is decoded)."""
+        wait = self.refusal(address)
+        if wait is not None:
+            raise self._error(wait)
 
     def failed(self, address: str) -> None:
         """Count a failed authentication; past the limit, refuse it (429, not 401)."""
@@ -82,16 +100,19 @@ class LoginGuard:
                 wait = max(1.0, reset - time.time())
                 if len(self.blocked) < MAX_REMEMBERED:
                     self.blocked[address] = time.monotonic() + wait
-                self._refuse(address, wait)
+                self._count(address)
+                raise self._error(wait)
 
-    def _refuse(self, address: str, wait: float) -> None:
+    def _count(self, address: str) -> None:
         metrics.AUTH_REFUSALS.inc()
         self._refused += 1
         self._addresses.add(address)
         self._report()
-        raise ApiError(429, "rate_limited",
-                       "Too many failed authentications from this address; try again later.",
-                       {"Retry-After": str(max(1, math.ceil(wait)))}, quiet=True)
+
+    @staticmethod
+    def _error(wait: float) -> ApiError:
+        return ApiError(429, "rate_limited", REFUSAL, {"Retry-After": retry_after(wait)},
+                        quiet=True)
 
     def _report(self) -> None:
         now = time.monotonic()

@@ -52,6 +52,12 @@ class RequestInfo:
     """No line of its own (a refusal counted in an aggregate line: ``loginguard``)."""
 
 
+def request_id(given: str | None) -> str:
+    """The request's id: the client's own ``X-Request-ID`` when it is sane, else a new one (also
+    used before Flask, by ``blockgate.py``)."""
+    return given if given and _SANE_ID.match(given) else uuid.uuid4().hex
+
+
 def current() -> RequestInfo:
     """This request's record (set before any view runs)."""
     return cast(RequestInfo, g.axrisi)
@@ -71,8 +77,7 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _start() -> None:
-        given = request.headers.get("X-Request-ID", "")
-        g.axrisi = RequestInfo(given if _SANE_ID.match(given) else uuid.uuid4().hex,
+        g.axrisi = RequestInfo(request_id(request.headers.get("X-Request-ID")),
                                time.monotonic())
 
     @app.after_request

@@ -4,7 +4,8 @@ Loaded by the gunicorn master before any worker forks, so it validates the envir
 (one sentence and exit 1 on a bad setting) and imports nothing that would import ``ssl`` before
 gevent patches the workers (gunicorn #2177, #1566). With ``AXRISI_LOCAL_MODEL`` and no upstream,
 the master starts the one model server before it forks the workers and stops it on exit
-(``axrisi/modelserver.py``: a child process, so nothing heavy is imported here).
+(``axrisi/modelserver.py``: child processes, a supervisor that restarts the server if it dies,
+so nothing heavy is imported here).
 """
 
 import gc
@@ -89,8 +90,8 @@ def on_starting(server):
 
 
 def on_exit(server):
-    """The master is leaving: the model server goes too (if the master is killed instead, the
-    kernel ends it: PR_SET_PDEATHSIG)."""
+    """The master is leaving: the model server goes too, and its supervisor stops restarting it
+    (if the master is killed instead, the kernel ends both: PR_SET_PDEATHSIG)."""
     from axrisi import modelserver
 
     modelserver.stop_running()

@@ -26,6 +26,8 @@ from greenlet import greenlet
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .modelserver import RESTARTS_HELP, RESTARTS_METRIC
+
 if TYPE_CHECKING:
     from .stream.ending import StreamEnd
 
@@ -69,6 +71,10 @@ GC_PAUSE = Histogram("axrisi_gc_pause_seconds",
                      "Collections of the cyclic garbage collector by generation; each holds its "
                      "worker's event loop (every stream) for its length.",
                      ["generation"], buckets=_GC_BUCKETS)
+MODEL_SERVER_RESTARTS = Counter(RESTARTS_METRIC, RESTARTS_HELP)
+"""Counted by the model server's supervisor, a process of its own (``axrisi/modelserver.py``),
+in its own file of the multiprocess directory; declared here so that every scrape shows it, 0
+until a restart. Never incremented in a worker."""
 
 _GC_PENDING_MAX = 10_000
 """Pauses kept for :func:`record_gc_pauses` per generation; more are dropped (a process that

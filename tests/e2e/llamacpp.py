@@ -46,6 +46,11 @@ class ModelServerView:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
+    @property
+    def supervisor(self) -> int:
+        """Its parent: the supervisor that gunicorn's master started, which restarts it."""
+        return int(Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
     def alive(self) -> bool:
         try:
             state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -81,12 +86,12 @@ class ModelServerView:
 
 
 def model_server_of(gunicorn: Gunicorn) -> ModelServerView:
-    """The master's model server: its address and pid from the master's console line, its key
-    from its own environment (/proc: the key is never printed)."""
-    found = re.search(r"local model (\S+) ready at (http://127\.0\.0\.1:\d+) \(pid (\d+)",
-                      gunicorn.log())
+    """The master's model server (the latest, after a restart): its address and pid from its
+    console line, its key from its own environment (/proc: the key is never printed)."""
+    found = re.findall(r"local model (\S+) ready at (http://127\.0\.0\.1:\d+) \(pid (\d+)",
+                       gunicorn.log())
     assert found, gunicorn.log()
-    name, root, pid = found.group(1), found.group(2), int(found.group(3))
+    name, root, pid = found[-1][0], found[-1][1], int(found[-1][2])
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     key = next(v.split(b"=", 1)[1] for v in environ
                if v.startswith(b"AXRISI_MODEL_SERVER_KEY=")).decode()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 import requests
 
-from axrisi.modelserver import TEMPLATE_TOKENS, model_name
+from axrisi.modelserver import TEMPLATE_TOKENS, Backoff, model_name
+from tests.sse_client import Event
 
 from .client import SSEConnection, content_of
 from .llamacpp import ModelServerView, model_server_of, require_model_packages
@@ -201,7 +203,7 @@ def test_one_model_server_for_all_workers_outlives_their_streams(redis_server: A
         wait_for(lambda: len(children(master)) == 3, what="two workers and the model server")
         assert len(model_children(gunicorn)) == 1
         server = model_server_of(gunicorn)
-        assert server.pid == model_children(gunicorn)[0]
+        assert server.supervisor == model_children(gunicorn)[0]
         text = f"{RHINE}\n\n{RHINE.replace('Rhine', 'Danube')}"
         conn = SSEConnection(gunicorn.url, {"command": "rewrite", "text": text}, timeout=120)
         conn.read_until(lambda e: e.event == "message" and "content" in e.json)
@@ -223,6 +225,127 @@ def test_the_model_server_does_not_outlive_a_killed_master() -> None:
         os.kill(gunicorn.proc.pid, signal.SIGKILL)
         gunicorn.proc.wait(10)
         wait_for(lambda: gone(server.pid), what="the model server to die with the master")
+
+
+RESTART_ENV = {**LLAMA_ENV, "AXRISI_LOCAL_MODEL_SLOTS": "2",
+               "AXRISI_UPSTREAM_TIMEOUT_SECONDS": "240", "AXRISI_HEARTBEAT_SECONDS": "600"}
+READ_SECONDS = 90
+"""The test's own read timeout. With no heartbeat sooner than the upstream timeout, a stream
+that waited for that timeout instead of ending at once would stay silent past it and fail."""
+
+
+class Reader(threading.Thread):
+    """Reads one stream to its end in the background: its events so far, or what broke."""
+
+    def __init__(self, conn: SSEConnection) -> None:
+        super().__init__(daemon=True)
+        self.conn = conn
+        self.events: list[Event] = []
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for event in self.conn.events():
+                self.events.append(event)
+        except BaseException as error:  # reported by the test, not lost in the thread
+            self.failure = error
+
+    def answering(self) -> bool:
+        return any(e.event == "message" and "content" in e.json for e in self.events)
+
+
+def readyz(gunicorn: Gunicorn) -> int:
+    return requests.get(gunicorn.url + "/readyz", timeout=10).status_code
+
+
+def service_metric(gunicorn: Gunicorn, name: str) -> float:
+    """One unlabelled sample of the service's /metrics (aggregated over its processes)."""
+    text = requests.get(gunicorn.url + "/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found, f"{name} is not in /metrics"
+    return float(found.group(1))
+
+
+def test_a_killed_model_server_ends_its_streams_at_once_and_comes_back() -> None:
+    """SIGKILL to the model server while it answers two streams and queues two: all four end
+    with upstream_error at once (not after the upstream timeout), as does one started while it
+    is down; /readyz is 503 meanwhile and /healthz 200; the supervisor starts a new server at
+    the same address with the same key: /readyz 200, a new stream answered by the new server's
+    model (its own counter holds that answer's tokens), axrisi_model_server_restarts_total up
+    by one.
+
+    The supervisor is held with SIGSTOP from before the kill until the streams have ended and
+    /readyz said 503, so the test sees the down state without racing the restart (this also
+    shows that readiness does not wait for the supervisor to notice: the dead server's lock
+    is gone with it)."""
+    require_model_packages()
+    with Gunicorn(RESTART_ENV) as gunicorn:
+        first = model_server_of(gunicorn)
+        supervisor = first.supervisor
+        assert model_children(gunicorn) == [supervisor]
+        assert readyz(gunicorn) == 200
+        assert service_metric(gunicorn, "axrisi_model_server_restarts_total") == 0
+        text = f"{RHINE}\n\n{RHINE.replace('Rhine', 'Danube')}"  # a long answer (see above)
+        readers = [Reader(SSEConnection(gunicorn.url, {"command": "rewrite", "text": text},
+                                        timeout=READ_SECONDS)) for _ in range(4)]
+        for reader in readers:
+            assert reader.conn.status == 200
+            reader.start()
+        stopped = False
+        try:
+            wait_for(lambda: (m := first.metrics())["requests_processing"] == 2
+                     and m["requests_deferred"] == 2, what="two answered, two queued")
+            wait_for(lambda: any(r.answering() for r in readers), what="an answer under way")
+            os.kill(supervisor, signal.SIGSTOP)
+            stopped = True
+            os.kill(first.pid, signal.SIGSTOP)  # nothing ends from here on, but by the kill
+            assert service_metric(gunicorn, "axrisi_open_streams") == 4
+            os.kill(first.pid, signal.SIGKILL)
+            for reader in readers:
+                reader.join(READ_SECONDS + 10)
+                assert not reader.is_alive() and reader.failure is None, reader.failure
+                assert reader.events[-1].event == "error", reader.events[-1]
+                assert reader.events[-1].json["code"] == "upstream_error"
+                assert sum(e.event == "error" or "done" in e.json for e in reader.events) == 1
+            assert sum(r.answering() for r in readers) >= 1, "one was cut mid-answer"
+            wait_for(lambda: readyz(gunicorn) == 503, what="/readyz 503")
+            assert requests.get(gunicorn.url + "/readyz", timeout=10).json() == {
+                "status": "model_server_down"}
+            assert requests.get(gunicorn.url + "/healthz", timeout=10).status_code == 200
+            meanwhile = SSEConnection(gunicorn.url, {"command": "explain", "text": RHINE},
+                                      timeout=READ_SECONDS).read_all()
+            assert meanwhile[-1].event == "error", meanwhile[-1]
+            assert meanwhile[-1].json["code"] == "upstream_error"
+        finally:
+            if stopped:
+                os.kill(supervisor, signal.SIGCONT)
+            for reader in readers:
+                reader.conn.close()
+        wait_for(lambda: readyz(gunicorn) == 200, timeout=120, what="the restarted server")
+        # The server takes its lock, then says it is ready; the supervisor prints that line.
+        wait_for(lambda: ", restart 1, " in gunicorn.log(), what="the restarted server's line")
+        second = model_server_of(gunicorn)
+        assert second.pid != first.pid and second.supervisor == supervisor
+        assert (second.root, second.key) == (first.root, first.key)
+        assert service_metric(gunicorn, "axrisi_model_server_restarts_total") == 1
+        log = gunicorn.log()
+        assert f"the model server (pid {first.pid}) died (signal SIGKILL)" in log
+        assert f"ready at {first.root} (pid {second.pid}, restart 1, " in log
+        assert first.key not in log
+        events, done = stream(gunicorn, {"command": "explain", "text": RHINE})
+        assert done["model"] == "SmolLM2-135M-Instruct" and content_of(events)
+        wait_for(lambda: second.metrics()["tokens_predicted_total"]
+                 == done["usage"]["completionTokens"], what="the new server's own count")
+
+
+def test_restarts_back_off_and_start_over_after_a_long_run() -> None:
+    """1 s, doubling up to 30 s while servers die young or fail to start; 1 s again once one
+    has served a minute."""
+    backoff = Backoff()
+    assert [backoff.next(served=5.0) for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff.next() == 30
+    assert backoff.next(served=60.0) == 1
+    assert backoff.next(served=1.0) == 2
 
 
 def hub_cache(home: Path, repo: str, filename: str, target: str) -> None:

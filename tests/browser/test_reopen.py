@@ -10,9 +10,7 @@ snapshot" hold however slow the machine: nothing here waits on a clock. Streams 
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from tests.e2e.servers import Gunicorn
 from .conftest import WebOrigin, service_env, token
 from .test_demo_page import open_demo, wait_state
 from .test_extension import service_worker
+from .test_resume import CuttingProxy
 from .test_worker_restart import GatedScenario, GatedUpstream
 
 pytestmark = pytest.mark.e2e
@@ -78,47 +77,18 @@ def wait_listed_as(server: Gunicorn, user_token: str, stream_id: str, state: str
         time.sleep(0.05)
 
 
-class FreezingProxy:
+class FreezingProxy(CuttingProxy):
     """A TCP proxy to the service whose open connections the test can freeze (what the service
     sends them is read and thrown away: a link that went dead without anyone noticing) and then
     cut. Connections opened after the cut pass normally."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.frozen: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.pairs.append((client, server))
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                with self.lock:
-                    lost = src in self.frozen
-                if not lost:
-                    dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
+    def passes(self, src: socket.socket) -> bool:
+        with self.lock:
+            return src not in self.frozen
 
     def freeze(self) -> int:
         """From now on nothing the service sends on the open connections reaches the browser;
@@ -128,19 +98,10 @@ class FreezingProxy:
             return len(self.frozen)
 
     def cut(self) -> int:
-        """Close every open connection, both ways; returns how many were cut."""
+        cut = super().cut()  # first: a frozen connection never passes a byte again
         with self.lock:
-            pairs, self.pairs, self.frozen = self.pairs, [], set()
-        for pair in pairs:
-            for sock in pair:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-        return len(pairs)
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
+            self.frozen = set()
+        return cut
 
 
 # ---- The client ---------------------------------------------------------------------------------

@@ -50,16 +50,20 @@ class CuttingProxy:
             for src, dst in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if self.passes(src):
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+
+    def passes(self, _src: socket.socket) -> bool:
+        """Whether what ``_src`` sends is forwarded (always, here)."""
+        return True
 
     def cut(self) -> int:
         """Close every open connection, both ways; returns how many were cut."""

@@ -10,12 +10,9 @@ list is never staler than a resume would be.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import jsonutil
-
-if TYPE_CHECKING:  # the registry lists its streams with these
-    from .registry import Stream
 
 MAX_LISTED = 50
 """The contract's most streams in one answer, newest first."""
@@ -30,10 +27,6 @@ class Listed:
     title: str
     started_ms: int
     background: bool
-
-    @classmethod
-    def of(cls, stream: Stream) -> Listed:
-        return cls(stream.id, stream.command, stream.title, stream.started_ms, stream.background)
 
     def encode(self) -> bytes:
         """As the Redis index keeps it (one member per stream)."""
@@ -60,12 +53,6 @@ def state_of(outcome: str | None) -> str:
     if outcome is None:
         return "running"
     return outcome if outcome in ("done", "cancelled") else "error"
-
-
-def local_entry(stream: Stream) -> dict[str, Any]:
-    """A stream of this worker, as listed now."""
-    return Listed.of(stream).public(state_of(stream.generation.outcome),
-                                    stream.log.next_seq - 1)
 
 
 def newest(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -70,6 +70,11 @@ class Stream:
     cancel_requested_at: float | None = None
 
     @property
+    def listed(self) -> Listed:
+        """Its entry in its owner's list of streams (``GET /api/streams``), as at its start."""
+        return Listed(self.id, self.command, self.title, self.started_ms, self.background)
+
+    @property
     def settled(self) -> bool:
         """True once the end hooks ran (slot given back, tokens charged): see ``relay``."""
         return self.state is StreamState.SETTLED

@@ -12,15 +12,15 @@ from typing import Any
 
 from ..shared import SharedState
 from ..shared.events import CannotTell
-from ..stream.listing import local_entry, newest
-from ..stream.registry import StreamRegistry
+from ..stream.listing import newest, state_of
+from ..stream.registry import Stream, StreamRegistry
 from .resume import unavailable
 
 
 def streams_of(registry: StreamRegistry, shared: SharedState | None,
                owner: str) -> list[dict[str, Any]]:
     """``owner``'s streams that can still be read, newest first, at most 50."""
-    here = [local_entry(stream) for stream in registry.streams_of(owner)]
+    here = [_entry(stream) for stream in registry.streams_of(owner)]
     if shared is None:
         return newest(here)
     try:
@@ -28,3 +28,8 @@ def streams_of(registry: StreamRegistry, shared: SharedState | None,
     except CannotTell:
         raise unavailable() from None
     return newest(here + elsewhere)
+
+
+def _entry(stream: Stream) -> dict[str, Any]:
+    """A stream of this worker, as listed now."""
+    return stream.listed.public(state_of(stream.generation.outcome), stream.log.next_seq - 1)

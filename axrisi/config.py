@@ -89,7 +89,10 @@ class Settings:
     """``AXRISI_LOCAL_MODEL``: ``smollm2``, a GGUF file, or ``owner/repo/file.gguf`` (the Hub)."""
     local_summary: str = "extractive"
     local_model_input_tokens: int = 1024
-    local_model_output_tokens: int = 1024
+    local_model_output_tokens: int = 512
+    """``max_tokens``. To a five-sentence text, SmolLM2's longest answer that did not loop was
+    371 tokens, and one that loops or wanders off goes on to the cap (``bench/repetition.py``).
+    A rewrite or translation of a whole 1,024-token page is cut (a larger model may want more)."""
     local_model_slots: int = 2
     local_model_threads: int = 0
     """CPU threads for the model; 0: llama.cpp's choice (one per core)."""
@@ -197,7 +200,7 @@ class Settings:
                                    "extractive"),
             local_model_input_tokens=e.integer("AXRISI_LOCAL_MODEL_INPUT_TOKENS", 1024,
                                                low=256, high=131_072),
-            local_model_output_tokens=e.integer("AXRISI_LOCAL_MODEL_OUTPUT_TOKENS", 1024,
+            local_model_output_tokens=e.integer("AXRISI_LOCAL_MODEL_OUTPUT_TOKENS", 512,
                                                 low=16, high=131_072),
             local_model_slots=e.integer("AXRISI_LOCAL_MODEL_SLOTS", 2, low=1, high=64),
             local_model_threads=e.integer("AXRISI_LOCAL_MODEL_THREADS", 0, low=0, high=512),

@@ -310,7 +310,7 @@ def test_local_model_defaults() -> None:
     """No local model by default; the extractive summary and the model's limits otherwise."""
     s = Settings.from_env(BASE)
     assert s.local_model is None and s.local_summary == "extractive"
-    assert (s.local_model_input_tokens, s.local_model_output_tokens) == (1024, 1024)
+    assert (s.local_model_input_tokens, s.local_model_output_tokens) == (1024, 512)
     assert (s.local_model_slots, s.local_model_temperature, s.local_model_seed) == (2, 0.2, None)
     assert s.local_model_threads == 0
     assert s.model_server_url is None and s.model_server_key is None

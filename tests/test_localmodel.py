@@ -15,7 +15,13 @@ from axrisi.config import Settings
 from axrisi.modelserver import ModelServerError, model_name, slot_tokens, source
 from axrisi.providers import build_provider
 from axrisi.providers.base import Finish, Prompt, Switched
-from axrisi.providers.llamacpp import Cut, LocalModelProvider, _joined, cut_point
+from axrisi.providers.llamacpp import (
+    REPETITION_CONTROLS,
+    Cut,
+    LocalModelProvider,
+    _joined,
+    cut_point,
+)
 from axrisi.providers.local import LocalProvider
 from axrisi.providers.openai_compat import OpenAIProvider
 
@@ -143,7 +149,8 @@ def test_the_model_provider_is_wired_to_the_server() -> None:
     assert isinstance(server, OpenAIProvider)
     assert (server.base_url, server.api_key, server.model) == (
         "http://127.0.0.1:4321/v1", "key", "SmolLM2-135M-Instruct")
-    assert server.options == {"temperature": 0.0, "seed": 7, "max_tokens": 99}
+    assert server.options == {"temperature": 0.0, "seed": 7, "max_tokens": 99,
+                              **REPETITION_CONTROLS}
     assert provider.root == "http://127.0.0.1:4321"
 
 

@@ -29,16 +29,26 @@ def build_provider(settings: Settings) -> Provider:
     from ..modelserver import model_name
     from .llamacpp import LocalModelProvider
 
-    options: dict[str, Any] = {"temperature": settings.local_model_temperature,
-                               "max_tokens": settings.local_model_output_tokens}
-    if settings.local_model_seed is not None:
-        options["seed"] = settings.local_model_seed
     server = _openai(settings, settings.model_server_key, settings.model_server_url,
-                     model_name(settings.local_model), options)
+                     model_name(settings.local_model), local_model_options(settings))
     return LocalModelProvider(
         model=_with_fallback(settings, server), server=server,
         input_tokens=settings.local_model_input_tokens,
         extractive=local if settings.local_summary == "extractive" else None)
+
+
+def local_model_options(settings: Settings) -> dict[str, Any]:
+    """The fields the workers add to every request's body for the local model: the sampling
+    settings, llama.cpp's repetition controls (:data:`.llamacpp.REPETITION_CONTROLS`) and the
+    output cap. ``bench/repetition.py`` sends the same."""
+    from .llamacpp import REPETITION_CONTROLS
+
+    options: dict[str, Any] = {"temperature": settings.local_model_temperature,
+                               **REPETITION_CONTROLS,
+                               "max_tokens": settings.local_model_output_tokens}
+    if settings.local_model_seed is not None:
+        options["seed"] = settings.local_model_seed
+    return options
 
 
 def _openai(settings: Settings, api_key: str | None, base_url: str | None, model: str,

@@ -40,6 +40,31 @@ from .fallback import FALLBACK_KINDS
 from .local import LocalProvider
 from .openai_compat import OpenAIProvider, status_error
 
+REPETITION_CONTROLS: dict[str, Any] = {
+    "repeat_penalty": 1.05, "repeat_last_n": 64,
+    "dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 6, "dry_penalty_last_n": 512,
+    "dry_sequence_breakers": ["\n\n", *"0123456789"],
+}
+"""llama.cpp's repetition controls, sent with every request to the local model (extra fields of
+its ``/v1/chat/completions`` body), chosen with ``bench/repetition.py`` on 12 texts x the five
+commands (``docs/benchmarks.md``, "The local model's repetitions"). Without them SmolLM2 said a
+sentence 3 times or more in 8 % of its answers (17 % of translations), some of them up to the
+output cap; with them (and the cap of 512 tokens), 1 %.
+
+* DRY (an exponential penalty on a token that would extend a sequence seen before; multiplier
+  and base as llama.cpp suggests) catches a sentence or paragraph said again. Sequences of up to
+  ``dry_allowed_length`` 6 tokens are free: a name or figure from the text is not a repetition.
+  Its breakers are a blank line (with llama.cpp's default, any line end, a short line was said
+  60 times) and the digits (a number such as 1,050 is five tokens; copying it right is not
+  punished).
+* A slight ``repeat_penalty`` over the last 64 tokens stops the short loops DRY alone let
+  through (measured: both together, not either alone). More (1.1, 1.2) made the model alter the
+  text's numbers more often.
+
+llama.cpp counts the prompt in both windows, so they also keep the model from handing the text
+back unchanged (half the answers before); the price is a looser paraphrase that gets a figure
+wrong more often (``docs/benchmarks.md`` has both).
+"""
 MIN_TEXT_TOKENS = 32
 """Below this much room for the text, the title and instruction are what is too long."""
 LOOK_BACK_CHARS = 600

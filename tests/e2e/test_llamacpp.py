@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from axrisi.modelserver import TEMPLATE_TOKENS, Backoff, model_name
+from axrisi.providers.llamacpp import REPETITION_CONTROLS
 from tests.sse_client import Event
 
 from .client import SSEConnection, content_of
@@ -35,8 +36,9 @@ against a hang, not a speed claim)."""
 
 INPUT_TOKENS = 320
 OUTPUT_TOKENS = 200
-OPTIONS = {"temperature": 0, "seed": 42, "max_tokens": OUTPUT_TOKENS}
-"""What the service is set to send (below), for the same request made straight to the server."""
+OPTIONS = {"temperature": 0, "seed": 42, "max_tokens": OUTPUT_TOKENS, **REPETITION_CONTROLS}
+"""What the service is set to send (below, and llama.cpp's repetition controls, which it always
+sends), for the same request made straight to the server."""
 LLAMA_ENV = {
     "AXRISI_LOCAL_MODEL": "smollm2",
     "AXRISI_LOCAL_MODEL_TEMPERATURE": "0",
@@ -159,11 +161,14 @@ def test_a_client_that_leaves_stops_the_model(service: Gunicorn,
     """Closing the connection mid-answer frees the server's slot: its generated-token count for
     that request stays far below the whole answer's, and stops growing."""
     text = f"{RHINE}\n\n{RHINE.replace('Rhine', 'Danube')}"
-    _, whole = model.chat("rewrite", text, OPTIONS)
+    # A translation of both texts: the rewrite of them is too short to cut since the repetition
+    # controls stopped the model from handing the text back (REPETITION_CONTROLS).
+    _, whole = model.chat("translate", text, OPTIONS, language="French")
     assert whole["completion_tokens"] > 100, "the whole answer is long enough to cut"
     wait_for(lambda: model.metrics()["requests_processing"] == 0, what="an idle server")
     before = model.metrics()
-    conn = SSEConnection(service.url, {"command": "rewrite", "text": text}, timeout=120)
+    conn = SSEConnection(service.url, {"command": "translate", "text": text,
+                                       "language": "French"}, timeout=120)
     received = conn.read_until(lambda e: e.event == "message" and "content" in e.json)
     assert received[-1].json["content"]
     conn.drop()

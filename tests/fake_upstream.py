@@ -29,6 +29,7 @@ import math
 import select
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -328,6 +329,8 @@ class _Connection:
 
     def _poll(self, timeout: float | None) -> bool:
         """True when the client socket is readable; raises if the server is stopping."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True  # decrypted already: the descriptor's readiness would not show it
         ready = _wait_readable([self.sock.fileno(), self._wake_fd], timeout)
         if self._wake_fd in ready or self._dropped_by_server:
             raise _ServerClosing
@@ -550,8 +553,11 @@ class FakeUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         model: str = DEFAULT_MODEL,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.default = default or Scenario()
+        self.tls = tls
+        """A server context: HTTPS instead of HTTP (the handshake in the connection's thread)."""
         self.model = model
         self.requests: list[RequestRecord] = []
         self._host = host
@@ -640,7 +646,8 @@ class FakeUpstream:
     @property
     def base_url(self) -> str:
         """What to pass as the SDK's ``base_url``."""
-        return f"http://{self._host}:{self._port}/v1"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}/v1"
 
     # Configuration -------------------------------------------------------------------------
 
@@ -757,13 +764,15 @@ class FakeUpstream:
     def _serve_connection(self, conn: _Connection) -> None:
         """Answer requests on one connection until either side closes it."""
         try:
+            if self.tls is not None:
+                conn.sock = self.tls.wrap_socket(conn.sock, server_side=True)
             keep_alive = True
             while keep_alive:
                 request = conn.read_request()
                 conn.busy = True
                 keep_alive = self._handle(conn, request) and request.keep_alive
                 conn.busy = False
-        except _Abort:
+        except (_Abort, ssl.SSLError):  # a client that left, or failed the handshake
             pass
         except _BadRequest as exc:
             with contextlib.suppress(_Abort):

@@ -1,5 +1,5 @@
 """A generation reading its answer on the socket's readiness (the pump), against the real fake
-upstream on loopback, through the real OpenAI provider and LeanTransport.
+upstream on loopback, plain and TLS, through the real OpenAI provider and LeanTransport.
 
 Once the answer's headers are in, no greenlet waits for the upstream: these tests check that it
 is so, and that every way a stream ends still writes one terminal event, closes the upstream
@@ -11,6 +11,7 @@ in a monkey-patched child (``tests/pump_driver.py``), as in a gevent worker.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,23 +20,32 @@ from typing import Any
 
 import pytest
 
+from tests.certs import server_context
 from tests.fake_upstream import FakeUpstream, Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = [f"t{n} " for n in range(30)]
 
 
-@pytest.fixture()
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
+@pytest.fixture(params=["http", "https"])
+def upstream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeUpstream]:
+    """The fake upstream over plain HTTP, and over TLS with a certificate the driver trusts
+    through ``SSL_CERT_FILE`` (as a deployment would for a private CA)."""
+    tls, cert_file = server_context(tmp_path) if request.param == "https" else (None, None)
+    with FakeUpstream(tls=tls) as server:
+        server.cert_file = cert_file  # type: ignore[attr-defined]
         yield server
 
 
 def drive(upstream: FakeUpstream, case: str, scenario: Scenario) -> dict[str, Any]:
     key = f"pump-{case}"
     upstream.add_scenario(key, scenario)
+    env = dict(os.environ)
+    cert_file = upstream.cert_file  # type: ignore[attr-defined]
+    if cert_file is not None:
+        env["SSL_CERT_FILE"] = str(cert_file)
     done = subprocess.run([sys.executable, "-m", "tests.pump_driver", case, upstream.base_url,
-                           key], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                           key], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout)
     result["record"] = upstream.wait_for_request(key)

@@ -6,8 +6,6 @@ tests check the wire (how many connections, when the client closed), not the tra
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import socket
 import ssl
 import threading
@@ -17,13 +15,10 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from axrisi.providers.transport import LeanTransport
 from axrisi.providers.urllib3_transport import Urllib3Transport
+from tests.certs import server_context
 from tests.fake_upstream import FakeUpstream, Scenario
 
 Handler = Callable[[socket.socket, int], None]
@@ -329,25 +324,8 @@ def test_header_injection_is_refused_before_sending(serve, make_client: MakeClie
 
 def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context with a fresh certificate for 127.0.0.1, and a client that trusts it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert_file, key_file)
-    client_ctx = ssl.create_default_context(cafile=str(cert_file))
-    return server_ctx, client_ctx
+    server_ctx, cert_file = server_context(tmp_path)
+    return server_ctx, ssl.create_default_context(cafile=str(cert_file))
 
 
 def test_tls_streams_and_pools(serve, tmp_path: Path, make_client: MakeClient) -> None:

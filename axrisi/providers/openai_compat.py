@@ -101,7 +101,7 @@ class OpenAIProvider:
 
     def stream_handover(self, prompt: Prompt) -> Iterator[StreamItem]:
         """As :meth:`stream`, with a :class:`Handover` once the headers are in, when the body
-        can be read without a greenlet (plain HTTP through LeanTransport, not compressed)."""
+        can be read without a greenlet (through LeanTransport, plain or TLS, not compressed)."""
         return self._stream(prompt, handover=True)
 
     def _stream(self, prompt: Prompt, handover: bool) -> Iterator[StreamItem]:

@@ -191,6 +191,7 @@ class _Body(httpx2.SyncByteStream):
         self._message = message
         self._to_close = not _has_length(message.headers)
         self._wait_readable = _readiness_wait(sock)
+        self._read_now = _nonblocking_read(sock)
 
     def __iter__(self) -> Iterator[bytes]:
         message = self._message
@@ -213,10 +214,10 @@ class _Body(httpx2.SyncByteStream):
                 "peer closed connection without sending complete message body")
 
     def pullable(self) -> int | None:
-        """The socket's descriptor when :meth:`pull` may read it (plain TCP, not TLS, whose
-        object may hold decrypted bytes its readiness does not show), else None."""
+        """The socket's descriptor when :meth:`pull` may read it (a gevent socket, plain or
+        TLS), else None."""
         sock = self._sock
-        if sock is None or self._wait_readable is None:
+        if sock is None or self._read_now is None:
             return None
         return sock.fileno()
 
@@ -227,12 +228,13 @@ class _Body(httpx2.SyncByteStream):
         :meth:`__iter__` raises them."""
         message = self._message
         if not message.body and not message.complete and self._sock is not None:
+            assert self._read_now is not None
             try:
-                data = getattr(self._sock, "_sock", self._sock).recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return b"", False
+                data = self._read_now()
             except OSError as error:
                 raise mapped(error, "read") from None
+            if data is None:
+                return b"", False
             self._received(data)
         body = message.take_body() if message.body else b""
         return body, message.complete or self._sock is None
@@ -265,14 +267,69 @@ def _readiness_wait(sock: socket.socket) -> Callable[[], None] | None:
 
     A streamed token is one network read, and the next read almost always finds nothing yet:
     gevent's ``recv`` would first try (one failed syscall and one ``OSError`` raised and
-    caught per token), then wait. Waiting first and then reading saves both. Not for TLS, whose
-    object may hold decrypted bytes that the socket's readiness does not show.
+    caught per token), then wait. Waiting first and then reading saves both. On TLS, not while
+    OpenSSL holds decrypted bytes that the socket's readiness does not show.
     """
     wait = getattr(sock, "_wait", None)
     watcher = getattr(sock, "_read_event", None)
-    if wait is None or watcher is None or isinstance(sock, ssl.SSLSocket):
+    if wait is None or watcher is None:
         return None
+    if isinstance(sock, ssl.SSLSocket):
+        return functools.partial(_wait_unless_pending, sock, wait, watcher)
     return functools.partial(wait, watcher)
+
+
+def _wait_unless_pending(sock: ssl.SSLSocket, wait: Callable[[Any], None], watcher: Any) -> None:
+    if not sock.pending():
+        wait(watcher)
+
+
+def _nonblocking_read(sock: socket.socket) -> Callable[[], bytes | None] | None:
+    """A read that never blocks: the bytes, ``b""`` at the end of the connection, or None when
+    nothing has come yet. None for a socket that is not gevent's (no non-blocking object to
+    read).
+
+    On TLS it reads OpenSSL's object directly and drains what OpenSSL already decrypted
+    (``pending``) before returning, so that nothing waits behind a readiness the socket will
+    not show again. OpenSSL reads one record at a time (Python leaves ``read_ahead`` off), so
+    a record still in the kernel keeps the socket readable.
+    """
+    raw: Any = getattr(sock, "_sock", None)  # the non-blocking socket under gevent's
+    if raw is None or getattr(sock, "_read_event", None) is None:
+        return None
+    if isinstance(sock, ssl.SSLSocket):
+        sslobj: Any = getattr(sock, "_sslobj", None)
+        return None if sslobj is None else functools.partial(_tls_read, sslobj)
+    return functools.partial(_plain_read, raw.recv)
+
+
+def _plain_read(recv: Callable[[int], bytes]) -> bytes | None:
+    try:
+        return recv(READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+
+
+def _tls_read(sslobj: Any) -> bytes | None:
+    """One record's bytes and whatever else OpenSSL holds decrypted. A read that would have to
+    write first (a TLS 1.3 key update while the send buffer is full, which a model server does
+    not cause) reports nothing yet and is tried again on the next readiness."""
+    pieces: list[bytes] = []
+    while True:
+        try:
+            piece = sslobj.read(READ_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            break
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            piece = b""
+        if not piece:
+            return b"".join(pieces) if pieces else b""
+        pieces.append(piece)
+        if not sslobj.pending():
+            break
+    if not pieces:
+        return None
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _origin(url: httpx2.URL) -> Origin:

@@ -7,16 +7,21 @@ scenario starts a fresh gunicorn (gevent worker, one worker) for each of the two
 * **baseline**: the naive relay kept in ``bench/naive_app.py``, under the same gunicorn worker;
 
 and drives it with ``bench/loadgen.py`` (a subprocess) under the same load, alternating which
-target goes first from one scenario to the next so that the machine's noise hits both. Two
-scenarios run the service alone: ``scrape`` (a /metrics scrape's cost to the worker's loop at
-5,000 open streams, as deployed and with the greenlet gauge) and ``soak`` (issue 26: 2,000 streams
-at 1 token/s held 300 s while /metrics is scraped every 15 s; the longest gap between two tokens
-of any stream, the seconds in which the long gaps ended, and the worker's garbage-collector
-pauses read from the scrapes' ``axrisi_gc_pause_seconds``). The
-servers run pinned to one CPU and the load generator and the upstream to another (on a machine
-with at least two), so that the server's figures are one core's. It samples the server's process
-tree from /proc (``bench/sample.py``), prints the machine, then one table (figure | service |
-baseline | ratio | target | met?), and writes every raw figure to ``bench/results/<time>.json``.
+target goes first from one scenario to the next so that the machine's noise hits both. The
+scenarios ``turnover_tls``, ``turnover_tls_redis``, ``real_tls`` and ``held_tls`` are twins of
+``turnover``, ``turnover_redis``, ``real`` and ``held`` with both targets' upstream over HTTPS (a
+second ``upstream.py`` with a certificate for 127.0.0.1 made once per run by ``bench/tlscert.py``,
+trusted through ``SSL_CERT_FILE``): ``--only production`` runs the eight, the production
+configuration beside the plain path (issue 23). Two scenarios run the service alone: ``scrape`` (a
+/metrics scrape's cost to the worker's loop at 5,000 open streams, as deployed and with the
+greenlet gauge) and ``soak`` (issue 26: 2,000 streams at 1 token/s held 300 s while /metrics is
+scraped every 15 s; the longest gap between two tokens of any stream, the seconds in which the long
+gaps ended, and the worker's garbage-collector pauses read from the scrapes'
+``axrisi_gc_pause_seconds``). The servers run pinned to one CPU and the load generator and the
+upstream to another (on a machine with at least two), so that the server's figures are one core's.
+It samples the server's process tree from /proc (``bench/sample.py``), prints the machine, then one
+table (figure | service | baseline | ratio | target | met?), and writes every raw figure to
+``bench/results/<time>.json``.
 
 Every load is bounded in streams and in time and stops itself; all traffic goes to 127.0.0.1.
 See ``bench/README.md`` for what each figure means and how it is measured.
@@ -38,6 +43,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -48,6 +54,7 @@ import urllib.request
 from pathlib import Path
 
 import sample
+import tlscert
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -146,13 +153,37 @@ QUICK = {
 # the same sizes, so that its figures read beside turnover's.
 for _sizes in (FULL, QUICK):
     _sizes["turnover_redis"] = dict(_sizes["turnover"])
+# The production configuration (issue 23): the same scenarios with the service's upstream over
+# HTTPS (a certificate the run makes for 127.0.0.1, trusted through SSL_CERT_FILE), at the same
+# sizes as their plain twins, so that each reads beside its twin.
+TLS_TWINS = {"turnover_tls": "turnover", "turnover_tls_redis": "turnover_redis",
+             "real_tls": "real", "held_tls": "held"}
+"""Each scenario on the HTTPS upstream -> its twin on the plain one (same function, sizes and
+settings)."""
+for _sizes in (FULL, QUICK):
+    for _tls, _plain in TLS_TWINS.items():
+        _sizes[_tls] = dict(_sizes[_plain])
 # The headline first (issue 13: what users do), then the long-lived streams of issue 7; the
 # long soak of issue 26 late; ``stalled`` last, since it fills the kernel's socket buffers for a
 # while.
 REDIS_IDLE_SECONDS = 5.0
 """How long turnover_redis reads Redis's idle CPU before the load (its fixed cost per second)."""
-SCENARIOS = ("turnover", "turnover_redis", "real", "requests", "hold", "held", "cpu", "latency",
-             "ramp", "cancel", "scrape", "soak", "stalled")
+SCENARIOS = ("turnover", "turnover_tls", "turnover_redis", "turnover_tls_redis", "real",
+             "real_tls", "requests", "hold", "held", "held_tls", "cpu", "latency", "ramp",
+             "cancel", "scrape", "soak", "stalled")
+PRESETS = {
+    # Issue 23: the bench of record is the production configuration (the upstream over HTTPS,
+    # with and without REDIS_URL, real-sized answers, held answers), each beside its plain-HTTP
+    # twin and the naive baseline (over the same upstream) in the same run.
+    "production": ("turnover", "turnover_tls", "turnover_redis", "turnover_tls_redis", "real",
+                   "real_tls", "held", "held_tls"),
+}
+"""Names ``--only`` takes for a set of scenarios."""
+
+
+def plain_twin(name: str) -> str:
+    """The scenario a TLS one repeats over HTTPS (itself for a plain one)."""
+    return TLS_TWINS.get(name, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,26 +211,38 @@ def pinned(cpu: int | None, niceness: int = 0):
     return _pin
 
 
-def http_json(url: str, method: str = "GET", timeout: float = 10.0) -> dict:
+def http_json(url: str, method: str = "GET", timeout: float = 10.0,
+              context: ssl.SSLContext | None = None) -> dict:
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=timeout) as response:
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as response:
         return json.loads(response.read())
 
 
 class Upstream:
-    """``bench/upstream.py`` as a subprocess; its control endpoints."""
+    """``bench/upstream.py`` as a subprocess; its control endpoints.
 
-    def __init__(self, log_dir: Path, cpu: int | None) -> None:
-        self.log_path = log_dir / "upstream.log"
+    With ``tls`` (a PEM certificate and its key, ``bench/tlscert.py``) it serves over HTTPS:
+    its ``url`` is ``https://``, the runner's own requests to it trust that certificate, and
+    ``cert_file`` is what a server under test gets as ``SSL_CERT_FILE``."""
+
+    def __init__(self, log_dir: Path, cpu: int | None,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        self.log_path = log_dir / ("upstream-tls.log" if tls else "upstream.log")
         self.cpu = cpu
+        self.tls = tls
+        self.cert_file: Path | None = tls[0] if tls else None
+        self.context = ssl.create_default_context(cafile=str(tls[0])) if tls else None
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
     def start(self) -> Upstream:
         read_fd, write_fd = os.pipe()
+        tls_args = ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])] \
+            if self.tls else []
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
-                [PY, str(BENCH / "upstream.py"), "--port", "0", "--ready-fd", str(write_fd)],
+                [PY, str(BENCH / "upstream.py"), "--port", "0", "--ready-fd", str(write_fd),
+                 *tls_args],
                 cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
                 # Niced: sharing a core with the load generator, the upstream must not delay
                 # the generator's reads (its receive times are the latency figures); a late
@@ -217,7 +260,7 @@ class Upstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -225,13 +268,13 @@ class Upstream:
         return self.proc.pid
 
     def stats(self) -> dict:
-        return http_json(self.url + "/_bench/stats")
+        return http_json(self.url + "/_bench/stats", context=self.context)
 
     def closes(self) -> dict:
-        return http_json(self.url + "/_bench/closes", timeout=30)
+        return http_json(self.url + "/_bench/closes", timeout=30, context=self.context)
 
     def reset(self) -> dict:
-        return http_json(self.url + "/_bench/reset", "POST")
+        return http_json(self.url + "/_bench/reset", "POST", context=self.context)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -320,6 +363,11 @@ class Server:
             "JWT_SECRET_KEY": secret,
             "AXRISI_MODEL": "bench-model",
         }
+        cert_file = getattr(upstream, "cert_file", None)  # any object with a ``url`` will do
+        if cert_file is not None:
+            # The upstream over HTTPS: both targets trust its certificate as a deployment
+            # trusts its CA bundle (httpx's default SSL context reads SSL_CERT_FILE).
+            env["SSL_CERT_FILE"] = str(cert_file)
         if self.kind == "service":
             env.update({
                 "PORT": str(self.port),
@@ -468,7 +516,11 @@ class Bench:
         self.extra_env = dict(kv.split("=", 1) for kv in args.env)
         self.baseline_env = dict(kv.split("=", 1) for kv in args.baseline_env)
         self.service_dir = Path(args.service_dir).resolve() if args.service_dir else ROOT
-        self.upstream = Upstream(self.log_dir, self.harness_cpu)
+        # The plain-HTTP upstream; the HTTPS one is started the first time a scenario needs it
+        # (https_upstream). ``upstream`` is the one the current scenario's servers use.
+        self.plain_upstream = Upstream(self.log_dir, self.harness_cpu)
+        self.tls_upstream: Upstream | None = None
+        self.upstream = self.plain_upstream
         self.token = mint_token(self.secret)
         self._user_tokens: list[str] = []
         self.quiet_before = 0.0
@@ -497,7 +549,8 @@ class Bench:
         if max_wait <= 0:
             return -1.0  # not measured
         deadline = time.monotonic() + max_wait
-        ours = [self.upstream.pid]
+        ours = [u.pid for u in (self.plain_upstream, self.tls_upstream)
+                if u is not None and u.proc is not None]
         while True:
             a, t0 = sample.system_cpu(), time.monotonic()
             mine0 = sum(_cpu_or_zero(p) for p in ours)
@@ -558,6 +611,17 @@ class Bench:
                     server.stop()
         out["order"] = [name for name, _, _ in order]
         return out
+
+    def https_upstream(self) -> Upstream:
+        """The upstream over HTTPS, started once per run the first time a scenario needs it:
+        a certificate for 127.0.0.1 made into the run's log directory (``bench/tlscert.py``),
+        a second ``upstream.py`` serving with it, pinned and niced as the plain one."""
+        if self.tls_upstream is None:
+            tls = tlscert.make(self.log_dir)
+            self.tls_upstream = Upstream(self.log_dir, self.harness_cpu, tls).start()
+            log(f"upstream over HTTPS on :{self.tls_upstream.port} (pid "
+                f"{self.tls_upstream.pid}; certificate {tls[0].relative_to(ROOT)})")
+        return self.tls_upstream
 
     def redis_runs(self) -> list[tuple[str, str, dict[str, str]]]:
         """turnover_redis: the service with REDIS_URL at the bench's own redis-server, the same
@@ -777,8 +841,8 @@ class Bench:
         result["upstream_after"] = self.upstream.stats()
         return result
 
-    def held(self, server: Server) -> dict:
-        size = self.sizes["held"]
+    def held(self, server: Server, name: str = "held") -> dict:
+        size = self.sizes[name]
         result = run_loadgen(self.plan(server, "held", **size), self.harness_cpu,
                              size["deadline"] + 60)
         result["upstream_after"] = self.upstream.stats()
@@ -839,8 +903,8 @@ class Bench:
     def run(self) -> dict:
         machine = machine_info(self.service_dir)
         log("machine: " + machine["summary"])
-        self.upstream.start()
-        log(f"upstream on :{self.upstream.port} (pid {self.upstream.pid})")
+        self.plain_upstream.start()
+        log(f"upstream on :{self.plain_upstream.port} (pid {self.plain_upstream.pid})")
         machine["service_dir"] = str(self.service_dir)
         machine["baseline"] = (
             "the service with " + " ".join(f"{k}={v}" for k, v in self.baseline_env.items())
@@ -854,11 +918,14 @@ class Bench:
         fns = {"hold": self.hold, "cpu": self.steady("cpu"), "latency": self.steady("latency"),
                "ramp": self.ramp, "cancel": self.cancel,
                "turnover": self.steady("turnover", "closed_loop"),
+               "turnover_tls": self.steady("turnover_tls", "closed_loop"),
                "turnover_redis": self.steady("turnover_redis", "closed_loop"),
+               "turnover_tls_redis": self.steady("turnover_tls_redis", "closed_loop"),
                "real": self.steady("real", "closed_loop"),
+               "real_tls": self.steady("real_tls", "closed_loop"),
                "requests": self.steady("requests", "closed_loop"),
-               "held": self.held, "stalled": self.stalled, "scrape": self.scrape,
-               "soak": self.soak}
+               "held": self.held, "held_tls": lambda server: self.held(server, "held_tls"),
+               "stalled": self.stalled, "scrape": self.scrape, "soak": self.soak}
         # The dropped streams' events are kept for a resume for AXRISI_RESUME_TTL_SECONDS (300
         # by default, within AXRISI_RESUME_MAX_MEMORY_MB): a short TTL shows whether the memory
         # comes back once they expire, `after` seconds after the readers left.
@@ -876,19 +943,31 @@ class Bench:
                 log("floor: the load generator straight against the upstream")
                 results["floor"] = self.floor()
             for index, name in enumerate(chosen):
+                twin = plain_twin(name)  # a TLS scenario runs as its plain twin does
                 try:
-                    runs = (self.redis_runs() if name == "turnover_redis" else
-                            self.scrape_runs() if name == "scrape" else
-                            self.soak_runs() if name == "soak" else None)
-                except (OSError, RuntimeError) as error:
+                    self.upstream = (self.https_upstream() if name in TLS_TWINS
+                                     else self.plain_upstream)
+                    runs = (self.redis_runs() if twin == "turnover_redis" else
+                            self.scrape_runs() if twin == "scrape" else
+                            self.soak_runs() if twin == "soak" else None)
+                except (OSError, RuntimeError, ValueError) as error:
                     log(f"{name}: skipped: {error}")
                     results[name] = {"error": str(error)}
                     continue
-                results[name] = self.each_target(index, name, fns[name], envs.get(name), runs)
+                results[name] = self.each_target(index, name, fns[name], envs.get(twin), runs)
+                results[name]["upstream"] = self.upstream.url
+            self.upstream = self.plain_upstream
+            if self.tls_upstream is not None:
+                results["tls"] = {"upstream": self.tls_upstream.url,
+                                  "cert_file": str(self.tls_upstream.cert_file),
+                                  "key": "ECDSA P-256, self-signed (bench/tlscert.py)",
+                                  "trusted_through": "SSL_CERT_FILE"}
             if self.args.profile:
                 results["profile"] = self.profile(_get(results, "ramp", "service", "max_tps"))
         finally:
-            self.upstream.stop()
+            self.plain_upstream.stop()
+            if self.tls_upstream is not None:
+                self.tls_upstream.stop()
             if self.redis is not None:
                 self.redis.stop()
                 results["pinning"]["redis_cpu"] = self.redis_cpu
@@ -1257,11 +1336,12 @@ def table(results: dict) -> list[dict]:
                      "note": note, "raw": {"service": svc if svc != math.inf else "inf",
                                            "baseline": base if base != math.inf else "inf"}})
 
-    for name in ("turnover", "turnover_redis", "real"):
+    for name in ("turnover", "turnover_tls", "turnover_redis", "turnover_tls_redis", "real",
+                 "real_tls"):
         if results.get(name):
             _closed_loop_rows(row, results, name)
-        if name == "turnover_redis" and results.get(name):
-            _redis_rows(row, results)
+        if plain_twin(name) == "turnover_redis" and results.get(name):
+            _redis_rows(row, results, name)
     if results.get("requests"):
         _requests_rows(row, results)
     hold = results.get("hold")
@@ -1285,8 +1365,10 @@ def table(results: dict) -> list[dict]:
             target=f">= {last:,}" if last >= 10000 else "", lower_better=False,
             met=(s is not None and s >= last) if last >= 10000 else None, fmt="{:,.0f}",
             note=_hold_note(hold))
-    if results.get("held"):
-        _held_rows(row, results)
+    for name in ("held", "held_tls"):
+        if results.get(name):
+            _held_rows(row, results, name)
+    _tls_rows(row, results)
     cpu = results.get("cpu")
     if cpu:
         s = _get(cpu, "service", "server_cpu_us_per_token")
@@ -1558,11 +1640,18 @@ def _closed_loop_rows(row, results: dict, name: str) -> None:
     """turnover / real: CPU per token and per request with each request's work, latency."""
     d, size = results[name], results["sizes"][name]
     load = (f"{name}: {size['users']} users, a new connection and request per "
-            f"{_span(size['tokens'])}-token answer at {_span(size['rate'])} tokens/s")
+            f"{_span(size['tokens'])}-token answer at {_span(size['rate'])} tokens/s"
+            + (", the upstream over HTTPS" if name in TLS_TWINS else ""))
     s, b = _both(d, lambda r: r.get("server_cpu_us_per_token"))
     row(f"server CPU per relayed token, per-request work included ({load})", s, b,
         target="<= 40 us", met=s is not None and s <= 40, unit=" us",
         note=_closed_loop_note(d))
+    rate = size["rate"]
+    offered = size["users"] * (sum(rate) / 2 if isinstance(rate, list) else rate)
+    s, b = _both(d, lambda r: r.get("delivered_tps"))
+    row(f"tokens/s delivered in the window ({name}; offered: {offered:,.0f}, {size['users']} "
+        "users x their rate, less each user's gap between answers)", s, b, lower_better=False,
+        fmt="{:,.0f}")
     s, b = _both(d, lambda r: r.get("server_cpu_ms_per_request_equiv"))
     row(f"server CPU per request-equivalent ({name}: per-token CPU x mean answer length)",
         s, b, unit=" ms", fmt="{:.2f}")
@@ -1590,24 +1679,25 @@ def _closed_loop_rows(row, results: dict, name: str) -> None:
     row(f"server PSS at the window's end ({name})", s, b, unit=" MiB")
 
 
-def _redis_rows(row, results: dict) -> None:
-    """turnover_redis: what Redis itself spends per relayed token (its own INFO, read at the
-    window's edges), beside what the relay spends with and without REDIS_URL in the same run.
-    Here the baseline column is the service without REDIS_URL, not the naive relay."""
-    d = results["turnover_redis"]
+def _redis_rows(row, results: dict, name: str = "turnover_redis") -> None:
+    """turnover_redis (or turnover_tls_redis): what Redis itself spends per relayed token (its
+    own INFO, read at the window's edges), beside what the relay spends with and without
+    REDIS_URL in the same run. Here the baseline column is the service without REDIS_URL, not
+    the naive relay."""
+    d = results[name]
     r, local = d.get("service") or {}, d.get("service_no_redis") or {}
     red = r.get("redis") or {}
     why = d.get("error") or red.get("error") or r.get("error")
-    row("Redis CPU per relayed token (turnover_redis; Redis's INFO: used_cpu_sys + "
+    row(f"Redis CPU per relayed token ({name}; Redis's INFO: used_cpu_sys + "
         "used_cpu_user over the window)", red.get("cpu_us_per_token"), None, unit=" us",
         note=why or _redis_cpu_note(r, red))
     by = red.get("commands_per_token_by_command") or {}
     idle = red.get("idle") or {}
-    row("Redis CPU per relayed token, net of Redis's idle CPU (turnover_redis; idle: the "
+    row(f"Redis CPU per relayed token, net of Redis's idle CPU ({name}; idle: the "
         f"{idle.get('seconds', REDIS_IDLE_SECONDS):.0f} s before the load, service up, no "
         "request)", red.get("cpu_us_per_token_net_of_idle"), None, unit=" us",
         note=f"idle: {idle['cpu_s_per_s'] * 1e3:.1f} ms/s" if idle else "")
-    row("Redis commands per relayed token (turnover_redis; INFO commandstats: every call, "
+    row(f"Redis commands per relayed token ({name}; INFO commandstats: every call, "
         "those a Lua script ran included)", red.get("commands_per_token"), None, fmt="{:.2f}",
         note="; ".join(f"{k} {v:.3f}" for k, v in list(by.items())[:8])
         + (f"; {red['scripts']:,} script calls" if red.get("scripts") else "")
@@ -1615,7 +1705,7 @@ def _redis_rows(row, results: dict) -> None:
            "(÷ requests completed in the window)"
            if red.get("commands") and r.get("completed_in_window") else "")
         + (f"; failed calls: {red['failed_calls']}" if red.get("failed_calls") else ""))
-    vs = "(turnover_redis; baseline column: the same service without REDIS_URL, same run)"
+    vs = f"({name}; baseline column: the same service without REDIS_URL, same run)"
     row(f"server CPU per relayed token with REDIS_URL {vs}", r.get("server_cpu_us_per_token"),
         local.get("server_cpu_us_per_token"), unit=" us", note=local.get("error", ""))
     row(f"tokens/s delivered with REDIS_URL {vs}", r.get("delivered_tps"),
@@ -1686,9 +1776,9 @@ def _requests_rows(row, results: dict) -> None:
         _pair(d, "service", "request_ms"), _pair(d, "baseline", "request_ms"))
 
 
-def _held_rows(row, results: dict) -> None:
-    """held: PSS per stream that holds a whole answer (events kept for resume)."""
-    d, size = results["held"], results["sizes"]["held"]
+def _held_rows(row, results: dict, name: str = "held") -> None:
+    """held (or held_tls): PSS per stream that holds a whole answer (events kept for resume)."""
+    d, size = results[name], results["sizes"][name]
     s, b = _both(d, lambda r: r.get("pss_growth_kb_per_stream"))
     notes = ["no target: the <= 30 KB goal (issue 13) is for idle streams (the hold rows)"]
     for t in TARGETS:
@@ -1697,8 +1787,39 @@ def _held_rows(row, results: dict) -> None:
             notes.append(f"{t}: {r['whole_answer']:,} of {r['requested']:,} held their whole "
                          f"answer ({r['open']:,} open), {r.get('tokens_per_event') or 0:.2f} "
                          f"tokens per event")
+    where = f"{name}, the upstream over HTTPS" if name in TLS_TWINS else name
     row(f"memory per stream holding a {size['tokens']}-token answer at {size['streams']:,} "
-        "streams (PSS growth / streams)", s, b, unit=" KB", note="; ".join(notes))
+        f"streams ({where}: PSS growth / streams)", s, b, unit=" KB", note="; ".join(notes))
+
+
+def _tls_rows(row, results: dict) -> None:
+    """The production configuration beside the plain path (issue 23): each TLS scenario's
+    figure over its plain twin's, for the service and for the naive relay, both measured in
+    the same run. Here the service column is over HTTPS and the baseline column over plain
+    HTTP; the ratio is what TLS to the upstream costs."""
+    figures = (("held", "memory per held stream", "pss_growth_kb_per_stream", " KB", "{:.1f}"),
+               ("turnover", "server CPU per relayed token", "server_cpu_us_per_token", " us",
+                "{:.1f}"),
+               ("turnover_redis", "server CPU per relayed token with REDIS_URL",
+                "server_cpu_us_per_token", " us", "{:.1f}"),
+               ("real", "server CPU per relayed token", "server_cpu_us_per_token", " us",
+                "{:.1f}"),
+               ("turnover", "relay latency p99", ("latency", "p99_ms"), " ms", "{:.2f}"))
+    for tls, plain in TLS_TWINS.items():
+        if not (results.get(tls) and results.get(plain)):
+            continue
+        for twin, what, key, unit, fmt in figures:
+            if twin != plain:
+                continue
+            path = key if isinstance(key, tuple) else (key,)
+            for target in TARGETS:
+                if twin == "turnover_redis" and target == "baseline":
+                    continue  # the naive relay has no Redis: its run there is turnover's
+                who = "the service" if target == "service" else "the baseline"
+                row(f"{what}, {who}: over HTTPS ({tls}, service column) / over plain HTTP "
+                    f"({plain}, baseline column), same run",
+                    _get(results, tls, target, *path), _get(results, plain, target, *path),
+                    unit=unit, fmt=fmt)
 
 
 def _stalled_rows(row, results: dict) -> None:
@@ -1887,10 +2008,11 @@ def print_profile(prof: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="every scenario at small sizes (a smoke run: about 7 minutes "
+                        help="every scenario at small sizes (a smoke run: about 10 minutes "
                              "on a 2-vCPU machine)")
-    parser.add_argument("--only", nargs="*", choices=SCENARIOS, default=None,
-                        help="run only these scenarios")
+    parser.add_argument("--only", nargs="*", choices=SCENARIOS + tuple(PRESETS), default=None,
+                        help="run only these scenarios (in the default's order); 'production' "
+                        "is " + " ".join(PRESETS["production"]) + " (issue 23)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the servers and the harness to separate CPUs")
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
@@ -1918,6 +2040,8 @@ def main(argv: list[str] | None = None) -> int:
                         "itself with this variable added (repeatable), instead of the naive "
                         "relay; the targets' 'baseline' conditions then do not apply")
     args = parser.parse_args(argv)
+    if args.only:  # a preset stands for its scenarios
+        args.only = [s for name in args.only for s in PRESETS.get(name, (name,))]
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 60.0
     raise_nofile(65536)  # 10,000 streams need 20,000+ descriptors (client + upstream)

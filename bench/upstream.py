@@ -36,6 +36,11 @@ What it observes, for the runner (``GET /_bench/stats``, ``GET /_bench/closes``)
 ``POST /_bench/reset`` aborts every stream still running and clears the records. Stand-alone::
 
     python bench/upstream.py --port 9100
+
+With ``--tls-cert FILE --tls-key FILE`` (PEM) it serves the same protocol, control endpoints
+included, over TLS on that port (asyncio's ``create_server(..., ssl=context)``): the upstream as
+a relay meets a real model API, over HTTPS. ``bench/tlscert.py`` makes a certificate for
+127.0.0.1; the client trusts it through ``SSL_CERT_FILE``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 
@@ -403,13 +409,21 @@ class Server:
         return len(streams)
 
 
-async def serve(host: str, port: int, defaults: Defaults, ready_fd: int | None) -> None:
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server side of TLS: the certificate chain and its key (PEM files)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def serve(host: str, port: int, defaults: Defaults, ready_fd: int | None,
+                tls: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
     server = Server(loop, defaults)
     listener = await loop.create_server(lambda: Conn(server), host, port, backlog=4096,
-                                        reuse_address=True)
+                                        reuse_address=True, ssl=tls)
     bound = listener.sockets[0].getsockname()[1]
-    line = json.dumps({"port": bound, "pid": os.getpid()}) + "\n"
+    line = json.dumps({"port": bound, "pid": os.getpid(), "tls": tls is not None}) + "\n"
     if ready_fd is not None:
         os.write(ready_fd, line.encode())
         os.close(ready_fd)
@@ -433,7 +447,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first", type=float, default=0.0, help="seconds before the first token")
     parser.add_argument("--ready-fd", type=int, default=None,
                         help="write the bound port as one JSON line to this fd, then close it")
+    parser.add_argument("--tls-cert", metavar="FILE", default=None,
+                        help="serve over TLS with this PEM certificate (chain); needs --tls-key")
+    parser.add_argument("--tls-key", metavar="FILE", default=None,
+                        help="the PEM private key of --tls-cert")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     try:
         import resource
 
@@ -442,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ImportError, ValueError, OSError):
         pass
     asyncio.run(serve(args.host, args.port, Defaults(args.rate, args.tokens, args.first),
-                      args.ready_fd))
+                      args.ready_fd, tls))
 
 
 if __name__ == "__main__":

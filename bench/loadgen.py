@@ -630,7 +630,7 @@ class LoadGen:
             "all_finished": finished,
             **_streams_summary(mine),
             "cpu": _cpu_delta(before, after, self.plan.get("server_cpu")),
-            "redis": _redis_window(before, after, window.tokens),
+            "redis": redis_window(before, after, window.tokens),
         }
         if result["cpu"].get("server_cpu_s") is not None and window.tokens:
             result["server_cpu_us_per_token"] = \
@@ -937,7 +937,7 @@ class LoadGen:
             "tokens_per_event": sum(c.tokens for c in done) / events if events else None,
             "server_pss_kb": _get_in(after, "server", "pss_kb"),
             "cpu": cpu, "run": _streams_summary(clients),
-            "redis": _redis_window(before, after, window.tokens),
+            "redis": redis_window(before, after, window.tokens),
         }
         out["errors"] = out["run"]["errors"]
         cpu_s = cpu.get("server_cpu_s")
@@ -1321,7 +1321,7 @@ def _cpu_delta(before: dict, after: dict, server_cpu: int | None = None) -> dict
 SCRIPT_COMMANDS = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro")
 
 
-def _redis_window(before: dict, after: dict, tokens: int) -> dict | None:
+def redis_window(before: dict, after: dict, tokens: int) -> dict | None:
     """What Redis itself spent in the window, from its INFO at the window's two edges: CPU
     (``used_cpu_sys + used_cpu_user``, and the main thread's, which runs every command) and
     calls per command (those a Lua script ran included, beside the script call itself), per

@@ -301,12 +301,12 @@ def measure_window(backend: Backend, pids: dict[str, list[int]], start_at: float
 
 
 def redis_figures(backend: Backend, before: dict, after: dict, tokens: int) -> dict:
-    """Redis's own figures over the window: per node (``loadgen._redis_window``, the same
+    """Redis's own figures over the window: per node (``loadgen.redis_window``, the same
     reckoning as ``turnover_redis``'s, our INFO calls left out), then the masters summed and
     the replicas' CPU apart."""
     nodes = {}
     for node in backend.nodes:
-        one = loadgen._redis_window({"redis": before["info"][node.port]},
+        one = loadgen.redis_window({"redis": before["info"][node.port]},
                                     {"redis": after["info"][node.port]}, tokens) or {}
         reads = (after["info"][node.port].get("total_reads_processed", 0)
                  - before["info"][node.port].get("total_reads_processed", 0))

@@ -177,6 +177,11 @@ class _Body(httpx2.SyncByteStream):
                     yield data
         self._complete = True
 
+    def pullable(self) -> None:
+        """Never read by the pump (``openai_compat.BodyPump``): urllib3 reads through its own
+        file objects, which a readiness callback cannot drive without blocking."""
+        return None
+
     def close(self) -> None:
         """Give the connection back if the body was read to its end, else close it now."""
         response, self._response = self._response, None

@@ -5,7 +5,8 @@ A provider turns a :class:`Prompt` into an iterator of content pieces followed b
 stream kills that greenlet (``GreenletExit`` is raised wherever the provider is blocked) or calls
 the generator's ``close()`` (``GeneratorExit``). Either way the provider's ``finally`` blocks must
 release what they hold, above all the upstream HTTP connection: that is how a stream nobody reads
-stops being billed.
+stops being billed. A :class:`HandsOver` provider may instead hand the rest of an answer to a
+:class:`Pump`, read with no greenlet waiting; its iterator is closed all the same.
 
 Errors a client may see are raised as :class:`ProviderError` with a sanitized sentence; anything
 else escaping a provider is a bug and is reported to the client as ``internal``.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +104,11 @@ class Pump(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """From ``stream_handover`` only: the answer's headers are in, and the rest can be read on
-    the socket's readiness through ``pump``, with no greenlet blocked per stream. A consumer that
-    takes it closes the iterator when done; one that calls ``next`` instead gets the rest of the
-    answer from the iterator as if nothing happened (after whatever it pulled itself)."""
+    """From :meth:`HandsOver.stream_handover` only: the answer's headers are in, and the rest
+    can be read on the socket's readiness through ``pump``, with no greenlet blocked per stream.
+    A consumer that takes it closes the iterator when done; one that calls ``next`` instead gets
+    the rest of the answer from the iterator as if nothing happened (after whatever it pulled
+    itself)."""
 
     pump: Pump
 
@@ -115,7 +117,7 @@ StreamItem = str | Reasoning | Finish | Switched | Handover
 """A content piece (one or more tokens that arrived together, never empty), a
 :class:`Reasoning` piece (the same, of the model's reasoning), the final Finish,
 or (from :class:`~axrisi.providers.fallback.FallbackProvider` only) a :class:`Switched`, or
-(from ``stream_handover`` only) a :class:`Handover`."""
+(from :meth:`HandsOver.stream_handover` only) a :class:`Handover`."""
 
 
 class Provider(Protocol):
@@ -125,4 +127,16 @@ class Provider(Protocol):
 
     def stream(self, prompt: Prompt) -> Iterator[StreamItem]:
         """Yield content pieces, then one :class:`Finish`; raise ProviderError on failure."""
+        ...
+
+
+@runtime_checkable
+class HandsOver(Provider, Protocol):
+    """A provider that can also hand its answer's socket over once the headers are in (the
+    OpenAI provider), to be read on the socket's readiness with no greenlet waiting per stream:
+    the pump in ``axrisi.stream.generation``. Checked with ``isinstance``, once per stream."""
+
+    def stream_handover(self, prompt: Prompt) -> Iterator[StreamItem]:
+        """As :meth:`~Provider.stream`, with one :class:`Handover` once the headers are in when
+        the body can be read that way (else exactly as ``stream``)."""
         ...

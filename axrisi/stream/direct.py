@@ -23,9 +23,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from gevent.event import Event
-
-from .eventlog import Cursor
+from .eventlog import Cursor, PushWaiter
 
 
 class Framing(enum.Enum):
@@ -52,7 +50,7 @@ def framing_of(environ: dict[str, Any], allowed: bool) -> Framing | None:
     return None
 
 
-class DirectFollower(Event):
+class DirectFollower(PushWaiter):
     """A connection's waiter that can also take a frame itself while the connection is idle.
 
     ``idle`` is true only while the connection's greenlet sleeps in the log's ``wait`` with

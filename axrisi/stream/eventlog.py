@@ -20,8 +20,8 @@ down to TCP) until the follower catches up or is dropped by the send timeout.
 ``on_append`` lets a mirror (Redis) see every event as it is added.
 
 Followers wait on their own ``gevent.event.Event``: an append sets the events of the followers
-that are waiting, so an idle stream costs no wake-ups at all; a waiter with a ``push`` method
-(``direct.py``) is offered the frame first, and is not woken when it took it.
+that are waiting, so an idle stream costs no wake-ups at all; a :class:`PushWaiter`
+(``direct.py``'s) is offered the frame first, and is not woken when it took it.
 """
 
 from __future__ import annotations
@@ -49,6 +49,20 @@ class Cursor:
 
     def __init__(self, position: int) -> None:
         self.position = position
+
+
+class PushWaiter(Event):
+    """A follower's waiter that is offered each new event before it is woken: it may send the
+    frame itself, from where the generation appends, and sleep on (``direct.py``).
+
+    A class to derive from rather than a structural Protocol: :meth:`EventLog.wake` asks every
+    waiting follower for every event, and ``isinstance`` against a class is a C check where a
+    runtime-checked Protocol runs Python code per attribute.
+    """
+
+    def push(self, seq: int, frame: bytes) -> bool:
+        """Take event ``seq`` (``frame``) now, without blocking; False: wake the follower."""
+        raise NotImplementedError
 
 
 class EventLog:
@@ -226,8 +240,7 @@ class EventLog:
         stream's end hooks finished). A follower idle at that event may send it itself
         (``direct.py``): then it sleeps on."""
         for waiter in self._waiters:
-            push = getattr(waiter, "push", None) if frame is not None else None
-            if push is None or not push(seq, frame):
+            if frame is None or not isinstance(waiter, PushWaiter) or not waiter.push(seq, frame):
                 waiter.set()
 
     def wait_wake(self, waiter: Event, timeout: float) -> bool:

@@ -1,4 +1,4 @@
-"""A stream's generation: the greenlet that reads the provider and writes the event log.
+"""A stream's generation: what reads the provider and writes the event log.
 
 It owns the upstream request. Every way it can end writes exactly one terminal event and then
 closes the provider's iterator, which closes the upstream HTTP connection:
@@ -12,11 +12,28 @@ closes the provider's iterator, which closes the upstream HTTP connection:
 The silence watchdog is one libev timer per stream, re-armed lazily: the per-token cost is a
 timestamp store, not a timer restart.
 
-Once the answer's headers are in, a provider that can (the OpenAI provider on plain HTTP through
-LeanTransport) hands its socket over and the rest is read by a libev watcher's callback, the
-pump: no greenlet waits per stream, so no switch per token and no saved stack per open stream
-(``docs/benchmarks.md``: 41 to 28 KB per held stream). TLS, a fallback upstream, compressed
-bodies and the local providers keep the greenlet.
+Once the answer's headers are in, a provider that can (a ``HandsOver``: the OpenAI provider,
+plain or TLS, through LeanTransport) hands its socket over and the rest is read by a libev
+watcher's callback, the pump: no greenlet waits per stream, so no switch per token and no saved
+stack per open stream (``docs/benchmarks.md``: 41 to 28 KB per held stream). A fallback
+upstream, compressed bodies, the urllib3 transport and the local providers keep the greenlet.
+
+Who reads is the generation's :class:`Mode`. It changes only through ``Generation._become``,
+along :data:`TRANSITIONS`:
+
+    STARTING ──its greenlet runs──▶ READING ──Handover──▶ PUMPING ──back pressure──▶ HANDING_BACK
+                                      │                     │                            │
+                                      │                     │          its greenlet runs │
+                                      │                     │                            ▼
+                                      │                     │                       HANDED_BACK
+                                      ▼                     │                            │
+                                    ENDED ◀─────────────────┴────────────────────────────┘
+                 (the terminal event written, once: the end, a failure or an interrupt)
+
+The pump takes over at a :class:`Handover` (the headers are in); back pressure (an append that
+would wait for a follower, which a hub callback must not) hands the reading back to a greenlet.
+An interrupt acts by mode (:meth:`Generation.interrupt`): kept for a greenlet that has not run
+yet, thrown into one that runs, carried out at once in the caller while the pump reads.
 """
 
 from __future__ import annotations
@@ -24,6 +41,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from enum import Enum
 from typing import Any
 
 import gevent
@@ -32,6 +50,7 @@ from gevent import Greenlet, GreenletExit
 from ..providers.base import (
     Finish,
     Handover,
+    HandsOver,
     Prompt,
     Provider,
     ProviderError,
@@ -57,8 +76,47 @@ class Interrupted(GreenletExit):
         self.message = message
 
 
+class Mode(Enum):
+    """Who reads a generation's answer, or that it has ended (see :data:`TRANSITIONS`)."""
+
+    STARTING = "starting"
+    """Its greenlet is made, maybe started, but has not run: an interrupt is kept for it to
+    raise when it runs (killing a greenlet that never ran would stop it from ever running, and
+    the stream would never get its terminal event)."""
+    READING = "reading"
+    """A greenlet reads the provider's iterator, blocked wherever the provider waits: every
+    answer until its headers are in, and all of it from a provider that cannot hand over. An
+    interrupt is thrown in; until it lands, a Handover is not taken (the greenlet would be gone,
+    the interrupt lost)."""
+    PUMPING = "pumping"
+    """No greenlet: a libev io watcher's callback reads the upstream's socket when it turns
+    readable (the pump)."""
+    HANDING_BACK = "handing_back"
+    """An append in the pump would have waited for a follower (back pressure): the watcher is
+    stopped and a new greenlet is started but has not run (an interrupt waits, as in
+    ``STARTING``)."""
+    HANDED_BACK = "handed_back"
+    """That greenlet appends what the pump pulled, waiting for room, then reads the rest of the
+    answer the blocking way, through the provider's iterator."""
+    ENDED = "ended"
+    """The terminal event is written; the upstream is closed and the end hook called, once."""
+
+
+TRANSITIONS: dict[Mode, frozenset[Mode]] = {
+    Mode.STARTING: frozenset({Mode.READING}),
+    Mode.READING: frozenset({Mode.PUMPING, Mode.ENDED}),
+    Mode.PUMPING: frozenset({Mode.HANDING_BACK, Mode.ENDED}),
+    Mode.HANDING_BACK: frozenset({Mode.HANDED_BACK}),
+    Mode.HANDED_BACK: frozenset({Mode.ENDED}),
+    Mode.ENDED: frozenset(),
+}
+"""Each mode's possible next ones. A greenlet that has not run cannot end (its interrupt waits
+for it), and a greenlet handed the reading back never hands it over again (the provider's
+iterator gives one Handover at most)."""
+
+
 class Generation:
-    """Drives one provider stream into one event log, in its own greenlet."""
+    """Drives one provider stream into one event log: in a greenlet, or in the pump."""
 
     def __init__(self, log_: EventLog, provider: Provider, prompt: Prompt,
                  upstream_timeout: float,
@@ -85,12 +143,17 @@ class Generation:
         self.first_content_at: float | None = None
         self.started_at = time.monotonic()
         self.last_activity = self.started_at
+        self.mode = Mode.STARTING
+        """Who reads now; changed by :meth:`_become` only."""
         self._timer: Any = None
-        self._entered = False
         self._pending: Interrupted | None = None
+        """An interrupt on its way: kept for a greenlet that has not run yet (``STARTING``,
+        ``HANDING_BACK``), which raises it first thing, or thrown into a running one, which must
+        not hand the reading over to the pump before it lands."""
         self._items: Iterator[StreamItem] | None = None
         self._pump: Pump | None = None
-        """Set while the pump reads the answer (no greenlet of this generation runs)."""
+        """The pump, set exactly while the mode is ``PUMPING`` (``_take_over`` sets it,
+        ``_stop_watching`` clears it)."""
         self._watcher: Any = None
         self._rest: list[Pulled] = []
         self.greenlet: Greenlet[[], None] = Greenlet(self._run)
@@ -98,7 +161,7 @@ class Generation:
     @property
     def running(self) -> bool:
         """True until the terminal event is written."""
-        return self.outcome is None
+        return self.mode is not Mode.ENDED
 
     def start(self) -> None:
         """Start reading the provider; the upstream request begins at once."""
@@ -106,42 +169,57 @@ class Generation:
         self.greenlet.start()
 
     def interrupt(self, code: str, message: str) -> None:
-        """Stop the generation with a terminal error event; the upstream is closed promptly."""
-        if not self.running:
+        """Stop the generation with a terminal error event; the upstream is closed promptly.
+
+        How depends on the mode: the pump (``PUMPING``) is stopped here and now; a greenlet
+        that has not run yet (``STARTING``, ``HANDING_BACK``) raises the interrupt when it runs;
+        a running one (``READING``, ``HANDED_BACK``) has it thrown in wherever it waits, at the
+        hub's next turn. Once ``ENDED``, or with an interrupt on its way, nothing happens: the
+        first one wins (a second one thrown in would land in the end hook).
+        """
+        mode = self.mode
+        if mode is Mode.ENDED or self._pending is not None:
             return
-        if self._pump is not None:
-            self._interrupted(Interrupted(code, message))
+        stop = Interrupted(code, message)
+        if mode is Mode.PUMPING:
+            self._interrupted(stop)
             self._wind_down()
             return
-        if self.greenlet.dead:
-            return
-        if not self._entered:
-            # Killing a greenlet that has not run yet would stop it from ever running, and the
-            # stream would never get its terminal event: let it start and stop at once instead.
-            self._pending = Interrupted(code, message)
-            return
-        self.greenlet.kill(Interrupted(code, message), block=False)
+        self._pending = stop
+        if (mode is Mode.READING or mode is Mode.HANDED_BACK) and not self.greenlet.dead:
+            self.greenlet.kill(stop, block=False)
+
+    def _become(self, mode: Mode) -> None:
+        """Every change of mode passes here, so that :data:`TRANSITIONS` is the whole state
+        machine; never on the per-token path."""
+        if mode not in TRANSITIONS[self.mode]:
+            raise RuntimeError(f"a generation cannot go from {self.mode.name} to {mode.name}")
+        self.mode = mode
 
     def _run(self) -> None:
-        self._entered = True
-        self._guarded(self._read)
+        self._guarded(Mode.READING, self._read)
 
     def _read(self) -> None:
-        if self._pending is not None:
-            raise self._pending
         prompt, self.prompt = self.prompt, None
         assert prompt is not None
         # A provider that can hand its socket over (``Handover``) is read without a greenlet
         # waiting per stream once its answer's headers are in: see ``_take_over``.
-        opener = getattr(self.provider, "stream_handover", self.provider.stream)
-        self._items = opener(prompt)
+        provider = self.provider
+        if isinstance(provider, HandsOver):
+            self._items = provider.stream_handover(prompt)
+        else:
+            self._items = provider.stream(prompt)
         del prompt
         self._relay(self._items)
 
-    def _guarded(self, body: Callable[[], None]) -> None:
-        """Run ``body`` in this greenlet; every way it ends writes the terminal event, and,
-        unless a pump reads on, closes the provider's iterator and calls the end hook."""
+    def _guarded(self, mode: Mode, body: Callable[[], None]) -> None:
+        """Run ``body`` in this greenlet, which has just started, as ``mode``; every way it ends
+        writes the terminal event, and, unless the pump reads on, closes the provider's iterator
+        and calls the end hook."""
+        self._become(mode)
         try:
+            if self._pending is not None:
+                raise self._pending
             body()
         except Interrupted as stop:
             self._interrupted(stop)
@@ -154,7 +232,10 @@ class Generation:
             log.exception("generation failed")
             self._end("internal", {"error": INTERNAL_MESSAGE, "code": "internal"})
         finally:
-            if self._pump is None:
+            # Let go of a raised interrupt: through its traceback it holds this generation, and
+            # a cycle would keep the stream's whole answer until a full collection.
+            self._pending = None
+            if self.mode is not Mode.PUMPING:
                 self._disarm()
                 self._close_items()
                 self._call_on_end()
@@ -175,8 +256,9 @@ class Generation:
             elif isinstance(item, Switched):  # the fallback upstream takes over (no event)
                 self.fallback_reason = item.reason
             elif isinstance(item, Handover):
-                self._take_over(item.pump)
-                return
+                if self._pending is None:  # else an interrupt's throw is on its way: read on
+                    self._take_over(item.pump)
+                    return
             else:
                 self._finished(item)
                 return
@@ -194,6 +276,7 @@ class Generation:
         reading back to a greenlet (``_hand_back``), and the end hooks, which may wait on Redis,
         run in a greenlet of their own.
         """
+        self._become(Mode.PUMPING)
         self._pump = pump
         loop = gevent.get_hub().loop
         self._watcher = loop.io(pump.fileno, 1)
@@ -201,10 +284,11 @@ class Generation:
         loop.run_callback(self._on_readable)  # what came in with the headers, if anything
 
     def _on_readable(self) -> None:
-        if self._pump is None:
+        pump = self._pump
+        if pump is None:  # not PUMPING any more: a callback queued before the pump stopped
             return
         try:
-            self._deliver(self._pump.pull())
+            self._deliver(pump.pull())
         except Exception:  # a hub callback must not raise
             log.exception("generation failed")
             self._end("internal", {"error": INTERNAL_MESSAGE, "code": "internal"})
@@ -233,13 +317,14 @@ class Generation:
     def _hand_back(self, rest: list[Pulled]) -> None:
         """Back pressure: the pump stops and a greenlet appends what it pulled (waiting for
         space) and reads the rest of the answer the blocking way, through the iterator."""
+        self._become(Mode.HANDING_BACK)
         self._stop_watching()
         self._rest = rest
         self.greenlet = Greenlet(self._resume)
         self.greenlet.start()
 
     def _resume(self) -> None:
-        self._guarded(self._relay_rest)
+        self._guarded(Mode.HANDED_BACK, self._relay_rest)
 
     def _relay_rest(self) -> None:
         rest, self._rest = self._rest, []
@@ -297,6 +382,9 @@ class Generation:
         self._end(error.code, {"error": error.message, "code": error.code})
 
     def _close_items(self) -> None:
+        """Let go of what the provider gave: its iterator, closed (which closes the upstream),
+        and what the pump pulled that no greenlet appended (an interrupt came first)."""
+        self._rest = []
         items, self._items = self._items, None
         close = getattr(items, "close", None) if items is not None else None
         if close is not None:
@@ -311,8 +399,10 @@ class Generation:
             on_end(self)
 
     def _end(self, outcome: str, payload: dict[str, Any]) -> None:
-        if self.outcome is not None:
+        """Write the terminal event, unless one is written (the first way out wins)."""
+        if self.mode is Mode.ENDED:
             return
+        self._become(Mode.ENDED)
         self.outcome = outcome
         payload["commandId"] = self.log.stream_id
         if outcome == "done":

@@ -52,7 +52,8 @@ def alone(upstream: FakeUpstream) -> Iterator[Gunicorn]:
 
 def start(server: Gunicorn, upstream: FakeUpstream, user: str, scenario: Scenario,
           **fields: Any) -> tuple[str, Any]:
-    """Start a stream as ``user``, read its first event and close the connection at once;
+    """Start a stream as ``user``, read its first event, and close the connection once the
+    upstream has the request (a stream whose client is gone before that may never reach it);
     returns its id and the upstream's record of the request."""
     key = unique_key("bg")
     upstream.add_scenario(key, scenario)
@@ -60,8 +61,9 @@ def start(server: Gunicorn, upstream: FakeUpstream, user: str, scenario: Scenari
                          token=make_token(user))
     assert conn.status == 200, conn.response.read()
     first = next(conn.events())
+    record = upstream.wait_for_request(key)
     conn.drop()
-    return str(first.json["commandId"]), upstream.wait_for_request(key)
+    return str(first.json["commandId"]), record
 
 
 def listed(server: Gunicorn, user: str) -> requests.Response:

@@ -191,6 +191,7 @@ def test_a_new_key_is_accepted_within_5_s_by_default(keys: dict[str, SigningKey]
            "AXRISI_AUTH_FAILURE_LIMIT": "100000/minute"}
     try:
         with Gunicorn(env) as service:  # type: ignore[arg-type]  # None removes a default
+            asked_at = time.monotonic()  # the service starts its first fetch after this
             assert status(service, keys["rsa"].token()) == 200  # the first fetch
             assert server.requests == 1
             server.document = {"keys": [keys["rsa"].jwk, keys["rotated"].jwk]}  # published
@@ -203,8 +204,11 @@ def test_a_new_key_is_accepted_within_5_s_by_default(keys: dict[str, SigningKey]
                 time.sleep(0.2)
             assert answers[-1] == 200 and answers[0] == 401
             assert server.requests == 2  # one refetch for all the attempts
-            waited = server.fetched_at[1] - server.fetched_at[0]
-            assert waited >= 5.0  # the rate of refetches holds...
-            assert waited < 10.0  # ...and a new key waits for it, not for 30 s
+            # The rate of refetches holds: the service's clock starts when it begins a fetch,
+            # which the server sees a moment later, so the bound is from before the first ask
+            # (the two fetches' travel times differ by a few ms on a loaded machine).
+            assert server.fetched_at[1] - asked_at >= 5.0
+            # ...and a new key waits for it, not for 30 s.
+            assert server.fetched_at[1] - server.fetched_at[0] < 10.0
     finally:
         server.stop()

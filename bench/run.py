@@ -735,6 +735,8 @@ class Bench:
             rate = 50.0
             tps = 0.8 * max_tps if max_tps else 10_000
             streams = max(40, int(tps / rate))
+        if getattr(self.args, "profile_tls", False):
+            self.upstream = self.https_upstream()
         server = self.start_server("service", "profile")
         try:
             worker = server.worker_pid()
@@ -2035,6 +2037,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-load", metavar="STREAMSxRATE", default=None,
                         help="the profile's load, e.g. 100x20 (default: 80%% of the ramp's "
                              "best, in 50 tokens/s streams)")
+    parser.add_argument("--profile-tls", action="store_true",
+                        help="profile with the upstream over HTTPS (the production path)")
     parser.add_argument("--text-chars", type=int, default=0, metavar="N",
                         help="pad every request's page text to about N characters (default: "
                              "a short line), for memory per stream with real pages")

@@ -8,10 +8,11 @@ scenario starts a fresh gunicorn (gevent worker, one worker) for each of the two
 
 and drives it with ``bench/loadgen.py`` (a subprocess) under the same load, alternating which
 target goes first from one scenario to the next so that the machine's noise hits both. The
-scenarios ``turnover_tls``, ``turnover_tls_redis``, ``real_tls`` and ``held_tls`` are twins of
-``turnover``, ``turnover_redis``, ``real`` and ``held`` with both targets' upstream over HTTPS (a
-second ``upstream.py`` with a certificate for 127.0.0.1 made once per run by ``bench/tlscert.py``,
-trusted through ``SSL_CERT_FILE``): ``--only production`` runs the eight, the production
+scenarios ``turnover_tls``, ``turnover_tls_redis``, ``real_tls``, ``hold_tls`` and ``held_tls``
+are twins of ``turnover``, ``turnover_redis``, ``real``, ``hold`` and ``held`` with both targets'
+upstream over HTTPS (a second ``upstream.py`` with a certificate for 127.0.0.1 made once per run
+by ``bench/tlscert.py``, trusted through ``SSL_CERT_FILE``): ``--only production`` runs the five
+and their plain twins, the production
 configuration beside the plain path (issue 23). Two scenarios run the service alone: ``scrape`` (a
 /metrics scrape's cost to the worker's loop at 5,000 open streams, as deployed and with the
 greenlet gauge) and ``soak`` (issue 26: 2,000 streams at 1 token/s held 300 s while /metrics is

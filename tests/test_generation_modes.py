@@ -284,6 +284,37 @@ def test_a_second_interrupt_does_not_land_in_the_end_hook() -> None:
     assert [e["data"].get("code") for e in terminal_events(events(watched.log))] == ["cancelled"]
 
 
+def test_an_interrupt_that_the_answer_outruns_does_not_land_in_the_end_hook() -> None:
+    """An interrupt asked for as the answer ends: its throw is queued, the greenlet writes
+    ``done`` before it lands, and the end hook (which may wait on Redis) must not be where it
+    lands: the hook runs in a greenlet of its own and finishes."""
+    hook: list[str] = []
+    box: dict[str, Generation] = {}
+
+    def slow_end_hook(_: Generation) -> None:
+        try:
+            gevent.sleep(0.05)
+        except BaseException as error:
+            hook.append(f"interrupted by {error!r}")
+            raise
+        hook.append("done")
+
+    class Outrun:
+        name = "fake"
+
+        def stream(self, prompt: Prompt) -> Iterator[StreamItem]:
+            yield "a"
+            box["generation"].interrupt("cancelled", CANCEL_MESSAGE)  # queued, not landed
+            yield FINISH
+
+    watched = Watched(Outrun(), on_end=slow_end_hook)
+    box["generation"] = watched.generation
+    watched.start()
+    watched.until(lambda: bool(hook))
+    gevent.sleep(0.06)
+    assert hook == ["done"] and watched.generation.outcome == "done"
+
+
 @pytest.mark.parametrize("when", ["before_it_runs", "while_it_reads"])
 def test_an_interrupted_generation_is_freed_without_the_cyclic_collector(when: str) -> None:
     """The interrupt it raised holds it through its traceback: kept, that would be a cycle, and

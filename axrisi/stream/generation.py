@@ -217,13 +217,16 @@ class Generation:
         writes the terminal event, and, unless the pump reads on, closes the provider's iterator
         and calls the end hook."""
         self._become(mode)
+        landed = False
         try:
             if self._pending is not None:
                 raise self._pending
             body()
         except Interrupted as stop:
+            landed = True
             self._interrupted(stop)
         except GreenletExit:
+            landed = True
             self._end("cancelled", {"error": "The stream was cancelled.", "code": "cancelled"})
             raise
         except ProviderError as error:
@@ -234,11 +237,19 @@ class Generation:
         finally:
             # Let go of a raised interrupt: through its traceback it holds this generation, and
             # a cycle would keep the stream's whole answer until a full collection.
+            on_its_way = self._pending is not None and not landed
             self._pending = None
             if self.mode is not Mode.PUMPING:
                 self._disarm()
                 self._close_items()
-                self._call_on_end()
+                if on_its_way:
+                    # The answer outran an interrupt whose throw is still queued for this
+                    # greenlet: the end hook (it may wait on Redis) runs in a greenlet of its
+                    # own, and the throw finds this one dead.
+                    self.greenlet = Greenlet(self._call_on_end)
+                    self.greenlet.start()
+                else:
+                    self._call_on_end()
 
     def _relay(self, items: Iterator[StreamItem]) -> None:
         """The per-token loop: keep it to a timestamp, one append and nothing else."""

@@ -319,17 +319,14 @@ def _tls_read(sslobj: Any) -> bytes | None:
         try:
             piece = sslobj.read(READ_SIZE)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            break
+            return b"".join(pieces) if pieces else None
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            piece = b""
+            piece = b""  # the end: what came before it now, the end again on the next read
         if not piece:
-            return b"".join(pieces) if pieces else b""
+            return b"".join(pieces)
         pieces.append(piece)
         if not sslobj.pending():
-            break
-    if not pieces:
-        return None
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            return b"".join(pieces)
 
 
 def _origin(url: httpx2.URL) -> Origin:

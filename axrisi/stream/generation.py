@@ -244,10 +244,8 @@ class Generation:
                 self._close_items()
                 if on_its_way:
                     # The answer outran an interrupt whose throw is still queued for this
-                    # greenlet: the end hook (it may wait on Redis) runs in a greenlet of its
-                    # own, and the throw finds this one dead.
-                    self.greenlet = Greenlet(self._call_on_end)
-                    self.greenlet.start()
+                    # greenlet: the throw must find it dead, not in the end hook.
+                    self._end_hook_apart()
                 else:
                     self._call_on_end()
 
@@ -369,6 +367,11 @@ class Generation:
         self._stop_watching()
         self._disarm()
         self._close_items()
+        self._end_hook_apart()
+
+    def _end_hook_apart(self) -> None:
+        """The end hook in a greenlet of its own: it may wait on Redis (the slot's release, the
+        token charge), which a hub callback must not, and where a queued throw must not land."""
         self.greenlet = Greenlet(self._call_on_end)
         self.greenlet.start()
 

@@ -34,6 +34,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -553,11 +554,17 @@ class FakeUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         model: str = DEFAULT_MODEL,
-        tls: ssl.SSLContext | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.default = default or Scenario()
-        self.tls = tls
-        """A server context: HTTPS instead of HTTP (the handshake in the connection's thread)."""
+        self.tls: ssl.SSLContext | None = None
+        """HTTPS instead of HTTP (the handshake in the connection's thread)."""
+        self.cert_file: Path | None = None
+        """With ``tls``, the certificate a client trusts (as ``SSL_CERT_FILE``)."""
+        if tls is not None:
+            self.cert_file, key_file = tls
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(self.cert_file, key_file)
         self.model = model
         self.requests: list[RequestRecord] = []
         self._host = host

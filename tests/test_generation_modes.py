@@ -134,6 +134,20 @@ class Watched:
         gevent.sleep(0.01)  # anything late would show now
 
 
+def slow_hook(hook: list[str]) -> Callable[[Generation], None]:
+    """An end hook that waits 50 ms, as one waiting on Redis, and says in ``hook`` whether it
+    finished or what interrupted it."""
+
+    def slow_end_hook(_: Generation) -> None:
+        try:
+            gevent.sleep(0.05)
+        except BaseException as error:
+            hook.append(f"interrupted by {error!r}")
+            raise
+        hook.append("done")
+    return slow_end_hook
+
+
 # --- the table -----------------------------------------------------------------------------
 
 
@@ -266,14 +280,7 @@ def test_a_second_interrupt_does_not_land_in_the_end_hook() -> None:
     """The first interrupt wins; a second one thrown in too would interrupt the end hook (which
     may be waiting on Redis to give the stream's slot back)."""
     hook: list[str] = []
-
-    def slow_end_hook(_: Generation) -> None:
-        try:
-            gevent.sleep(0.05)
-        except BaseException as error:
-            hook.append(f"interrupted by {error!r}")
-            raise
-        hook.append("done")
+    slow_end_hook = slow_hook(hook)
 
     watched = Watched(tokens_then_block("a"), on_end=slow_end_hook).start()
     watched.until(lambda: watched.generation.content_pieces == 1)
@@ -290,14 +297,7 @@ def test_an_interrupt_that_the_answer_outruns_does_not_land_in_the_end_hook() ->
     lands: the hook runs in a greenlet of its own and finishes."""
     hook: list[str] = []
     box: dict[str, Generation] = {}
-
-    def slow_end_hook(_: Generation) -> None:
-        try:
-            gevent.sleep(0.05)
-        except BaseException as error:
-            hook.append(f"interrupted by {error!r}")
-            raise
-        hook.append("done")
+    slow_end_hook = slow_hook(hook)
 
     class Outrun:
         name = "fake"

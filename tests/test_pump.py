@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.certs import server_context
+from tests.certs import self_signed
 from tests.fake_upstream import FakeUpstream, Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +31,7 @@ TOKENS = [f"t{n} " for n in range(30)]
 def upstream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeUpstream]:
     """The fake upstream over plain HTTP, and over TLS with a certificate the driver trusts
     through ``SSL_CERT_FILE`` (as a deployment would for a private CA)."""
-    tls, cert_file = server_context(tmp_path) if request.param == "https" else (None, None)
-    with FakeUpstream(tls=tls) as server:
-        server.cert_file = cert_file  # type: ignore[attr-defined]
+    with FakeUpstream(tls=self_signed(tmp_path) if request.param == "https" else None) as server:
         yield server
 
 
@@ -41,9 +39,8 @@ def drive(upstream: FakeUpstream, case: str, scenario: Scenario) -> dict[str, An
     key = f"pump-{case}"
     upstream.add_scenario(key, scenario)
     env = dict(os.environ)
-    cert_file = upstream.cert_file  # type: ignore[attr-defined]
-    if cert_file is not None:
-        env["SSL_CERT_FILE"] = str(cert_file)
+    if upstream.cert_file is not None:
+        env["SSL_CERT_FILE"] = str(upstream.cert_file)
     done = subprocess.run([sys.executable, "-m", "tests.pump_driver", case, upstream.base_url,
                            key], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.certs import server_context
+from tests.certs import self_signed
 from tests.fake_upstream import FakeUpstream
 
 from .conftest import FAST_SETTINGS, UPSTREAM_KEY
@@ -44,9 +44,7 @@ from .test_upstream_faults import (  # noqa: F401
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
     """The fake upstream over TLS, with a certificate made for this module."""
-    tls, cert_file = server_context(tmp_path_factory.mktemp("upstream-tls"))
-    with FakeUpstream(tls=tls) as fake:
-        fake.cert_file = cert_file  # type: ignore[attr-defined]
+    with FakeUpstream(tls=self_signed(tmp_path_factory.mktemp("upstream-tls"))) as fake:
         yield fake
 
 
@@ -55,6 +53,6 @@ def server(upstream: FakeUpstream) -> Iterator[Gunicorn]:
     """The service with ``OPENAI_BASE_URL=https://...`` and the certificate trusted."""
     assert upstream.base_url.startswith("https://")
     env = {**FAST_SETTINGS, "OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": UPSTREAM_KEY,
-           "SSL_CERT_FILE": str(upstream.cert_file)}  # type: ignore[attr-defined]
+           "SSL_CERT_FILE": str(upstream.cert_file)}
     with Gunicorn(env) as gunicorn:
         yield gunicorn
